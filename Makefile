@@ -1,0 +1,46 @@
+# lm: the two commands are `make demo` and `make test`; both install what is missing first.
+PYTHON ?= python3
+LM := $(PYTHON) -m lm
+STAMP := .venv-installed
+
+.PHONY: install demo test test-slow lint format bench clean
+
+# torch first, pinned, when it is missing: a bare `torch` requirement would pull the newest CUDA build.
+# GPU users: install your own torch build before `make` (see README); it is left alone.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+data/python-docs/manifest.json: | $(STAMP)
+	$(LM) prepare --source python-docs --out data/python-docs
+
+# The demo run is disposable: each `make demo` starts runs/demo afresh.
+demo: $(STAMP) data/python-docs/manifest.json
+	rm -rf runs/demo
+	$(LM) fit --config configs/demo.yaml
+	$(LM) validate --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+	$(LM) generate --ckpt_path runs/demo/checkpoints/best.ckpt --prompt "The module" --max_new_tokens 40 --seed 0
+	@echo "run directory: runs/demo (tensorboard --logdir runs)"
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check lm tests
+	$(PYTHON) -m ruff format --check lm tests
+
+format: $(STAMP)
+	$(PYTHON) -m ruff check --fix lm tests
+	$(PYTHON) -m ruff format lm tests
+
+bench: $(STAMP)
+	$(LM) bench --config configs/demo.yaml
+
+clean:
+	rm -rf runs/demo .pytest_cache $(STAMP)

@@ -1,0 +1,1 @@
+"""lm: pretrain GPT-2-scale language models with PyTorch Lightning."""

@@ -1,0 +1,3 @@
+from lm.cli import main
+
+main()

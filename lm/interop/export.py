@@ -1,0 +1,24 @@
+"""`python -m lm export`: an lm checkpoint → a Hugging Face directory that transformers loads with no lm code.
+
+classic checkpoints become GPT2LMHeadModel, modern ones LlamaForCausalLM (see lm/interop/hf.py for the mapping).
+The model is rebuilt and loaded strictly first, so a checkpoint that does not fit its own config fails here,
+not in transformers.
+"""
+
+import argparse
+
+from lm.checkpoint import load_model
+from lm.interop.hf import ARCHITECTURES, save_hf_dir
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lm export", description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_path", required=True, help="lm checkpoint (.ckpt) or Hugging Face model directory")
+    parser.add_argument("--out", required=True, help="directory to create; must not exist or be empty")
+    args = parser.parse_args(argv)
+    model, _ = load_model(args.ckpt_path)
+    out = save_hf_dir(model.config, model.state_dict(), args.out, source=args.ckpt_path)
+    print(
+        f"wrote {ARCHITECTURES[model.config.block]} to {out}; load it with "
+        f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    )

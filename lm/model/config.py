@@ -1,0 +1,73 @@
+"""The model's shape, in one dataclass that a checkpoint carries so any command can rebuild the model."""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only transformer.
+
+    Args:
+        block: "classic" = GPT-2 (learned positions, LayerNorm, GELU, biases); "modern" = RoPE, RMSNorm,
+            SwiGLU, no biases.
+        n_layer: Number of transformer blocks.
+        n_head: Attention heads per block.
+        n_embd: Width of the residual stream.
+        block_size: Context length in tokens.
+        vocab_size: Real vocabulary size (50257 for the GPT-2 BPE).
+        pad_vocab_multiple: Embedding and output layer are padded to a multiple of this for faster matmuls;
+            padded logits are never predicted. 1 disables padding.
+        dropout: Dropout on attention weights and residual branches (0 for pretraining at scale).
+        tie_embeddings: Share the token embedding with the output layer.
+        mlp_hidden: MLP hidden width; default 4 × n_embd (classic) or 8/3 × n_embd rounded up to 256 (modern).
+        rope_theta: RoPE base frequency (modern only).
+        norm_eps: Epsilon of LayerNorm / RMSNorm.
+    """
+
+    block: Literal["classic", "modern"] = "modern"
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257
+    pad_vocab_multiple: int = 64
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    mlp_hidden: int | None = None
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.block not in ("classic", "modern"):
+            raise ValueError(f"model config 'block' must be 'classic' or 'modern', got {self.block!r}")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pad_vocab_multiple"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model config '{name}' must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model config 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head})")
+        if self.block == "modern" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head size; n_embd / n_head = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model config 'dropout' must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    @property
+    def bias(self) -> bool:
+        return self.block == "classic"
+
+    @property
+    def hidden_size(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.block == "classic":
+            return 4 * self.n_embd
+        return math.ceil(8 * self.n_embd / 3 / 256) * 256

@@ -1,0 +1,259 @@
+"""One GPT, two block flavours, read top to bottom.
+
+Design choices:
+- "classic" is GPT-2: learned positions, pre-norm LayerNorm with bias, GELU (tanh) MLP, biases everywhere.
+  "modern" swaps in RoPE, RMSNorm, a SwiGLU MLP and drops biases. Parameter names are shared, so the
+  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold.
+- Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available).
+- The vocabulary may be padded (50257 → 50304) for faster matmuls; logits are cut back to the real
+  vocabulary before the loss and sampling, so padded ids can never be predicted.
+- A preallocated KV cache makes generation linear in its length.
+"""
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lm.model.config import ModelConfig
+
+
+def rope_cache(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (block_size, head_dim) in the rotate-half layout (the one Llama checkpoints use)."""
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, device=device).float() / config.head_dim))
+    freqs = torch.outer(torch.arange(config.block_size, device=device).float(), inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Keys and values of past positions, preallocated for `max_len` tokens."""
+
+    def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.size(2)
+        self.k[:, :, pos : pos + T] = k
+        self.v[:, :, pos : pos + T] = v
+        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.cache is not None:
+            if pos > 0 and T > 1:
+                raise ValueError("the KV cache takes a prompt at position 0, then one token at a time")
+            k, v = self.cache.update(pos, k, v)  # (B, nh, pos + T, hs)
+        dropout = self.dropout if self.training else 0.0
+        # One new token attends to every cached position; a prompt attends causally.
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GELU MLP (classic) or SwiGLU (modern, gate and up projections fused into c_fc)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.swiglu = config.block == "modern"
+        fc_out = 2 * config.hidden_size if self.swiglu else config.hidden_size
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.hidden_size, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        else:
+            x = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(x))
+
+
+def norm(config: ModelConfig) -> nn.Module:
+    if config.block == "classic":
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+    return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, pos):
+        x = x + self.attn(self.ln_1(x), rope, pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=norm(config),
+            )
+        )
+        if config.block == "classic":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rope_cache(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module):
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 · n_layer), zero biases."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if module in self._residual_projections():
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def _residual_projections(self) -> set[nn.Module]:
+        return {m for block in self.transformer.h for m in (block.attn.c_proj, block.mlp.c_proj)}
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0) -> torch.Tensor:
+        """Mean next-token cross-entropy (fp32) when `targets` is given, else logits (B, T, vocab_size).
+
+        `pos` is the position of idx[:, 0]; it is non-zero only while decoding with the KV cache.
+        """
+        B, T = idx.size()
+        if pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds the context of {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.block == "classic":
+            x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))
+        else:
+            rope = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, pos)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size); padding never predicted
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    # ---- counting ------------------------------------------------------------------------------------
+
+    def num_params(self, with_position_embeddings: bool = True) -> int:
+        """Parameters of the unpadded model (padding rows of the vocabulary are not counted; tied once)."""
+        n = sum(p.numel() for p in self.parameters())
+        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        if not self.config.tie_embeddings:
+            n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        if not with_position_embeddings and self.config.block == "classic":
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6N + 12·L·H·Q·T (PaLM, appendix B); N excludes position embeddings."""
+        c = self.config
+        T = seq_len or c.block_size
+        return 6 * self.num_params(with_position_embeddings=False) + 12 * c.n_layer * c.n_head * c.head_dim * T
+
+    # ---- generation ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yields the next token (B,) for each step; temperature 0 is greedy. The caller decides when to stop.
+
+        With the cache, the prompt is encoded once and each step costs one token. When the context fills
+        up, the cache is rebuilt from the last half of the context (without it, the window slides by one).
+        """
+        block_size = self.config.block_size
+        cache_len = None  # tokens held in the KV cache
+        try:
+            for _ in range(max_new_tokens):
+                if not use_cache:
+                    logits = self(idx[:, -block_size:])
+                elif cache_len is None or cache_len == block_size:
+                    window = idx[:, -(block_size if cache_len is None else block_size // 2) :]
+                    self._set_kv_cache(idx.size(0), idx.device)
+                    logits = self(window)
+                    cache_len = window.size(1)
+                else:
+                    logits = self(idx[:, -1:], pos=cache_len)
+                    cache_len += 1
+                next_token = sample(logits[:, -1, :], temperature, top_k, top_p, generator)
+                idx = torch.cat((idx, next_token[:, None]), dim=1)
+                yield next_token
+        finally:
+            self._set_kv_cache(None)
+
+    def _set_kv_cache(self, batch_size: int | None, device=None):
+        c = self.config
+        for block in self.transformer.h:
+            block.attn.cache = (
+                None if batch_size is None
+                else KVCache(batch_size, c.n_head, c.block_size, c.head_dim, self.lm_head.weight.dtype, device)
+            )
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draws one token per row from (B, vocab) logits; temperature 0 means argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

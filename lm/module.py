@@ -1,0 +1,243 @@
+"""LanguageModel: the LightningModule that trains a GPT on next-token prediction.
+
+Design choices:
+- The Trainer owns precision, accumulation, clipping, devices and checkpointing; this module owns the
+  model, the loss, the optimizer grouping and the LR schedule.
+- The budget may be given in tokens (or tokens per parameter, 20 = Chinchilla): steps follow from
+  micro-batch × seq_len × accumulation × world size, resolved in `setup` before any compute.
+- Validation loss, perplexity and bits per byte are token-weighted sums reduced by torchmetrics, so they
+  are exact under DDP (not a mean of per-rank means).
+- `init_from` starts from another checkpoint's weights (continued pretraining): architecture from the base,
+  fresh optimizer, schedule and counters. Resuming an interrupted run is the Trainer's `--ckpt_path`.
+"""
+
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torchmetrics
+
+from lm.checkpoint import config_and_weights, file_sha256, load_weights
+from lm.data.tokenizer import token_byte_lengths
+from lm.errors import UserError
+from lm.model import GPT, ModelConfig
+
+
+class NextTokenLoss(torchmetrics.Metric):
+    """Sums of loss (nats), target tokens and their UTF-8 bytes; `compute` gives loss, ppl and bpb."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        for name in ("loss_sum", "tokens", "bytes"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, loss_sum: torch.Tensor, tokens: torch.Tensor | int, num_bytes: torch.Tensor):
+        self.loss_sum += loss_sum.double()
+        self.tokens += tokens
+        self.bytes += num_bytes.double()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        loss = self.loss_sum / self.tokens
+        return {"loss": loss, "ppl": loss.exp(), "bpb": self.loss_sum / (math.log(2) * self.bytes)}
+
+
+class LanguageModel(L.LightningModule):
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        lr: float = 3e-4,
+        min_lr: float = 3e-5,
+        warmup_steps: int = 2000,
+        lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine",
+        decay_fraction: float = 0.2,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        decay_embeddings: bool = True,
+        max_tokens: float | None = None,
+        tokens_per_param: float | None = None,
+        compile: bool = False,
+        init_from: str | None = None,
+    ):
+        """
+        Args:
+            config: Model architecture. Leave unset with `init_from`: the base checkpoint supplies it.
+            lr: Peak learning rate, reached after `warmup_steps`.
+            min_lr: Final learning rate of the cosine / WSD decay.
+            warmup_steps: Linear warmup from ~0 to `lr`.
+            lr_schedule: "cosine" decays to `min_lr` over the run; "wsd" holds `lr`, then decays linearly over the
+                last `decay_fraction` of steps; "constant" holds `lr` after warmup.
+            decay_fraction: Share of the run spent decaying under "wsd".
+            weight_decay: AdamW decay, applied to ≥2-D weight matrices only (never biases or norm gains).
+            betas: AdamW betas.
+            decay_embeddings: Whether the token/position embeddings (and a tied output layer) are decayed too.
+            max_tokens: Training budget in tokens; sets trainer.max_steps. Exclusive with `tokens_per_param`.
+            tokens_per_param: Training budget as a multiple of the parameter count (20 ≈ Chinchilla-optimal).
+            compile: torch.compile the model (same parameter names, so checkpoints are interchangeable).
+            init_from: Start from the weights of this lm checkpoint or Hugging Face model directory (continued
+                pretraining); optimizer, schedule and counters start fresh. To resume a run, use --ckpt_path.
+        """
+        super().__init__()
+        for name, value in (("lr", lr), ("min_lr", min_lr), ("warmup_steps", warmup_steps),
+                            ("weight_decay", weight_decay)):
+            if value < 0:
+                raise UserError(f"model.{name} must be ≥ 0, got {value}")
+        if max_tokens is not None and tokens_per_param is not None:
+            raise UserError("set only one of model.max_tokens and model.tokens_per_param")
+        if isinstance(config, dict):  # rebuilt from a checkpoint's hyper-parameters
+            config = ModelConfig(**config)
+        lineage = None
+        if init_from is not None:
+            config, state, base = self._base_config_and_weights(init_from, config)
+            lineage = self._lineage(init_from, base)
+        elif config is None:
+            raise UserError("no model architecture: set model.config (e.g. --config configs/model/...yaml) "
+                            "or model.init_from")
+        self.save_hyperparameters()
+        self.hparams.config = asdict(config)  # plain dict: checkpoints load with weights_only=True
+        self.hparams.init_from = None  # the checkpoint rebuilds without the base file; lineage says where it began
+        self.lineage = lineage
+        self.config = config
+        self.model = GPT(config)
+        if init_from is not None:
+            load_weights(self.model, state, init_from)
+        self.register_buffer("token_bytes", torch.from_numpy(token_byte_lengths()), persistent=False)
+        self.val_metrics = torch.nn.ModuleDict()
+        self.tokens_per_step = 0  # resolved in setup()
+
+    # ---- continued pretraining -----------------------------------------------------------------------
+
+    @staticmethod
+    def _base_config_and_weights(init_from: str, config: ModelConfig | None):
+        base_config, state, ckpt = config_and_weights(init_from)
+        if config is not None:
+            # Dropout is a training setting, not architecture: it may change between base and continuation.
+            conflicts = [f.name for f in fields(ModelConfig)
+                         if f.name != "dropout" and getattr(config, f.name) != getattr(base_config, f.name)]
+            if conflicts:
+                raise UserError(
+                    f"model.config conflicts with the base checkpoint {init_from} on {conflicts}: the architecture "
+                    "comes from the base, so drop model.config (or these keys) from the config"
+                )
+            base_config.dropout = config.dropout
+        return base_config, state, ckpt
+
+    @staticmethod
+    def _lineage(init_from: str, ckpt: dict) -> dict:
+        base = {"path": str(Path(init_from).resolve())}
+        if ckpt:
+            base["sha256"] = file_sha256(init_from)
+            base["tokens_seen"] = ckpt.get("tokens_seen")
+            base["global_step"] = ckpt.get("global_step")
+            base["base_lineage"] = ckpt.get("lineage")
+        return base
+
+    # ---- setup ---------------------------------------------------------------------------------------
+
+    def setup(self, stage: str):
+        data = self.trainer.datamodule
+        if data is not None:
+            self._check_data(data)
+            names = getattr(data, "source_names", ["data"])
+            self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
+        if stage == "fit":
+            accumulate = self.trainer.accumulate_grad_batches
+            self.tokens_per_step = data.batch_size * data.seq_len * accumulate * self.trainer.world_size
+            self._resolve_budget()
+        if self.hparams.compile:
+            self.model.compile()
+
+    def _check_data(self, data):
+        if data.seq_len > self.config.block_size:
+            raise UserError(f"data.seq_len ({data.seq_len}) is larger than the model's context "
+                            f"(model.config.block_size = {self.config.block_size})")
+        vocab = getattr(data, "vocab_size", None)
+        if vocab is not None and vocab > self.config.vocab_size:
+            raise UserError(f"the data's tokenizer has {vocab} tokens but the model's vocabulary only "
+                            f"{self.config.vocab_size} (model.config.vocab_size)")
+
+    def _resolve_budget(self):
+        budget = self.hparams.max_tokens
+        if self.hparams.tokens_per_param is not None:
+            budget = self.hparams.tokens_per_param * self.model.num_params()
+        if budget is not None:
+            if self.trainer.max_steps != -1:
+                raise UserError("set either trainer.max_steps or a token budget (model.max_tokens / "
+                                "model.tokens_per_param), not both")
+            self.trainer.fit_loop.max_steps = math.ceil(budget / self.tokens_per_step)
+        elif self.trainer.max_steps == -1:
+            raise UserError("no training length: set trainer.max_steps or model.max_tokens / model.tokens_per_param")
+        steps = self.trainer.max_steps
+        print(f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step = {steps * self.tokens_per_step:,.0f} "
+              f"tokens, model {self.model.num_params():,} parameters")
+
+    # ---- steps ---------------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        loss = self.model(x, y)
+        update = (loss * y.numel(), y.numel(), self.token_bytes[y].sum())
+        self.val_metrics["all"].update(*update)
+        if len(self.val_metrics) > 2:  # several sources: also per source
+            self.val_metrics[self.trainer.datamodule.source_names[dataloader_idx]].update(*update)
+
+    def on_validation_epoch_end(self):
+        for name, metric in self.val_metrics.items():
+            if metric.update_called:
+                prefix = "val" if name == "all" else f"val/{name}"
+                for key, value in metric.compute().items():
+                    self.log(f"{prefix}/{key}", value.float(), prog_bar=key == "loss" and name == "all",
+                             add_dataloader_idx=False)
+            metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict):
+        checkpoint["tokens_seen"] = self.global_step * self.tokens_per_step
+        checkpoint["lineage"] = self.lineage
+
+    def on_load_checkpoint(self, checkpoint: dict):
+        self.lineage = checkpoint.get("lineage", self.lineage)
+
+    # ---- optimizer and schedule ----------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        embeddings = {id(p) for name, p in self.model.named_parameters() if name.startswith(("transformer.wte",
+                                                                                               "transformer.wpe"))}
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if not p.requires_grad:
+                continue
+            if p.dim() >= 2 and (hp.decay_embeddings or id(p) not in embeddings):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = all(p.device.type == "cuda" for p in self.model.parameters())
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at(step) / hp.lr if hp.lr else 0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate after `step` optimizer steps: linear warmup, then the chosen decay to min_lr."""
+        hp, total = self.hparams, max(self.trainer.max_steps, 1)
+        if step < hp.warmup_steps:
+            return hp.lr * (step + 1) / hp.warmup_steps
+        if hp.lr_schedule == "constant":
+            return hp.lr
+        if hp.lr_schedule == "wsd":
+            decay_start = total - int(hp.decay_fraction * total)
+            progress = max(0.0, (step - decay_start) / max(total - decay_start, 1))
+            return hp.lr + min(progress, 1.0) * (hp.min_lr - hp.lr)
+        progress = min((step - hp.warmup_steps) / max(total - hp.warmup_steps, 1), 1.0)
+        return hp.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (hp.lr - hp.min_lr)

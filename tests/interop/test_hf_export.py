@@ -1,0 +1,89 @@
+import json
+
+import lightning as L
+import pytest
+import tiktoken
+import torch
+
+from lm.cli import main as lm_main
+from lm.errors import UserError
+from lm.interop import export, hf
+from lm.model import GPT
+from lm.module import LanguageModel
+from tests.conftest import tiny_config
+from tests.interop.tiny_hf import hf_logits, perturb, transformers
+
+IDS = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def exported(tmp_path, block: str, **overrides) -> tuple[GPT, "transformers.PreTrainedModel"]:
+    """A random GPT of ours, exported and loaded back by transformers."""
+    torch.manual_seed(0)
+    model = perturb(GPT(tiny_config(block, **overrides)))
+    hf.save_hf_dir(model.config, model.state_dict(), tmp_path / "hf")
+    return model, transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_loads_in_transformers(tmp_path, block, tied):
+    model, hf_model = exported(tmp_path, block, tie_embeddings=tied, vocab_size=1000)
+    assert type(hf_model).__name__ == {"classic": "GPT2LMHeadModel", "modern": "LlamaForCausalLM"}[block]
+    shared = hf_model.lm_head.weight.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
+    assert shared == tied
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
+
+
+def test_greedy_generation_matches_transformers(tmp_path, block):
+    model, hf_model = exported(tmp_path, block, vocab_size=1000)
+    prompt = IDS[:, :4]
+    ours = torch.stack(list(model.generate(prompt, 12, temperature=0)), dim=1)
+    theirs = hf_model.generate(prompt, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert torch.equal(ours, theirs[:, 4:])
+
+
+def test_export_ships_the_gpt2_tokenizer(tmp_path):
+    model, hf_model = exported(tmp_path, "modern")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["eos_token_id"] == config["bos_token_id"] == 50256 == hf_model.generation_config.eos_token_id
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "Hello world!  Ünïcode 中文 ☃\n\n\tdef f(x):\n    return x<|endoftext|>next"
+    assert tokenizer(text)["input_ids"] == tiktoken.get_encoding("gpt2").encode(text, allowed_special="all")
+
+
+def test_export_from_a_lightning_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    module = LanguageModel(config=tiny_config("classic", tie_embeddings=False))
+    perturb(module.model)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    export.main(["--ckpt_path", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "hf")])
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - module.model.eval()(IDS)).abs().max() <= 1e-4
+    assert "last.ckpt" in (tmp_path / "hf" / "README.md").read_text()
+
+    with pytest.raises(SystemExit, match="already exists and is not empty"):
+        lm_main(["export", "--ckpt_path", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "hf")])
+
+
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(hf, "save_file", disk_full)
+    model = GPT(tiny_config())
+    with pytest.raises(OSError, match="No space"):
+        hf.save_hf_dir(model.config, model.state_dict(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_non_empty_directory_but_fills_an_empty_one(tmp_path):
+    model = GPT(tiny_config())
+    (tmp_path / "empty").mkdir()
+    hf.save_hf_dir(model.config, model.state_dict(), tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+    with pytest.raises(UserError, match="empty.*already exists"):
+        hf.save_hf_dir(model.config, model.state_dict(), tmp_path / "empty")

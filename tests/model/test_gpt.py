@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from lm.model import GPT, ModelConfig
+from tests.conftest import tiny_config
+
+
+def test_gpt2_small_parameter_counts():
+    assert GPT(ModelConfig(block="classic")).num_params() == 124_439_808  # OpenAI's GPT-2 124M checkpoint
+    assert GPT(ModelConfig(block="modern")).num_params() == 123_551_232
+
+
+def test_classic_and_modern_differ_where_they_should():
+    classic, modern = GPT(tiny_config("classic")), GPT(tiny_config("modern"))
+    assert isinstance(classic.transformer.ln_f, torch.nn.LayerNorm) and classic.transformer.h[0].attn.c_attn.bias is not None
+    assert isinstance(modern.transformer.ln_f, torch.nn.RMSNorm) and modern.transformer.h[0].attn.c_attn.bias is None
+    assert hasattr(classic.transformer, "wpe") and not hasattr(modern.transformer, "wpe")
+    for model in (classic, modern):
+        assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_gpt2_init_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(block="classic", n_layer=8, n_head=4, n_embd=256, block_size=64))
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.transformer.h[0].attn.c_attn.bias.abs().sum() == 0
+
+
+def test_causal_masking(block):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(block)).eval()
+    idx = torch.randint(0, 50257, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = torch.randint(0, 50257, (6,))
+    a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_padded_vocabulary_is_never_predicted_and_loss_is_unpadded(block):
+    torch.manual_seed(0)
+    padded = GPT(tiny_config(block, pad_vocab_multiple=128))
+    assert padded.config.padded_vocab_size == 50304
+    unpadded = GPT(tiny_config(block, pad_vocab_multiple=1))
+    state = padded.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][:50257]
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    unpadded.load_state_dict(state)
+    # Make the padding rows attractive: they still must not appear in logits, loss or samples.
+    with torch.no_grad():
+        padded.transformer.wte.weight[50257:] = 100.0
+    idx = torch.randint(0, 50257, (2, 12))
+    logits = padded(idx)
+    assert logits.shape[-1] == 50257
+    torch.testing.assert_close(padded(idx, idx), unpadded(idx, idx))
+    assert all(t.max() < 50257 for t in padded.generate(idx, 5, temperature=1.0))
+
+
+def test_loss_matches_cross_entropy_of_logits(block):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(block))
+    idx, targets = torch.randint(0, 50257, (2, 12)), torch.randint(0, 50257, (2, 12))
+    expected = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(model(idx, targets), expected)
+
+
+def test_kv_cache_generation_equals_uncached(block):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(block)).eval()
+    prompt = torch.randint(0, 50257, (2, 7))
+    cached = torch.stack(list(model.generate(prompt, 25, temperature=0, use_cache=True)), dim=1)
+    uncached = torch.stack(list(model.generate(prompt, 25, temperature=0, use_cache=False)), dim=1)
+    assert torch.equal(cached, uncached)  # 7 + 25 = 32 tokens: the whole context
+    assert all(block.attn.cache is None for block in model.transformer.h)
+
+
+def test_generation_past_the_context_keeps_going(block):
+    model = GPT(tiny_config(block)).eval()
+    tokens = list(model.generate(torch.zeros(1, 40, dtype=torch.long), 50, temperature=0))
+    assert len(tokens) == 50
+
+
+def test_top_k_and_top_p_restrict_sampling():
+    from lm.model.gpt import sample
+
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]]).repeat(500, 1)
+    assert set(sample(logits, top_k=2).tolist()) <= {0, 1}
+    assert set(sample(logits, top_p=0.5).tolist()) == {0}
+    assert sample(logits, temperature=0).unique().tolist() == [0]
+
+
+def test_flops_per_token_formula():
+    config = ModelConfig(block="classic")
+    model = GPT(config)
+    n = 124_439_808 - 1024 * 768  # position embeddings do no matmuls
+    assert model.flops_per_token() == 6 * n + 12 * 12 * 12 * 64 * 1024
+
+
+@pytest.mark.parametrize("bad", [dict(block="other"), dict(n_embd=30, n_head=4), dict(dropout=1.5), dict(n_layer=0)])
+def test_bad_config_names_the_key(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)) if "n_embd" not in bad else "n_embd"):
+        ModelConfig(**bad)
