@@ -53,7 +53,9 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path)
         raise UserError(f"{source} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for k, v in state.items():
         if v.shape != own[k].shape:
-            raise UserError(f"{source} does not fit the model: '{k}' is {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+            raise UserError(
+                f"{source} does not fit the model: '{k}' is {tuple(v.shape)}, model has {tuple(own[k].shape)}"
+            )
     model.load_state_dict(state)
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_info
 
 from lm.checkpoint import config_and_weights, file_sha256, load_weights
 from lm.data.tokenizer import token_byte_lengths
@@ -58,6 +59,7 @@ class LanguageModel(L.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         decay_embeddings: bool = True,
+        batch_tokens: int | None = None,
         max_tokens: float | None = None,
         tokens_per_param: float | None = None,
         compile: bool = False,
@@ -75,6 +77,8 @@ class LanguageModel(L.LightningModule):
             weight_decay: AdamW decay, applied to ≥2-D weight matrices only (never biases or norm gains).
             betas: AdamW betas.
             decay_embeddings: Whether the token/position embeddings (and a tied output layer) are decayed too.
+            batch_tokens: Global batch in tokens per optimizer step (e.g. 524288). Gradient accumulation follows from
+                it, the micro-batch, seq_len and the world size, so changing the GPU count keeps the optimisation.
             max_tokens: Training budget in tokens; sets trainer.max_steps. Exclusive with `tokens_per_param`.
             tokens_per_param: Training budget as a multiple of the parameter count (20 ≈ Chinchilla-optimal).
             compile: torch.compile the model (same parameter names, so checkpoints are interchangeable).
@@ -82,8 +86,12 @@ class LanguageModel(L.LightningModule):
                 pretraining); optimizer, schedule and counters start fresh. To resume a run, use --ckpt_path.
         """
         super().__init__()
-        for name, value in (("lr", lr), ("min_lr", min_lr), ("warmup_steps", warmup_steps),
-                            ("weight_decay", weight_decay)):
+        for name, value in (
+            ("lr", lr),
+            ("min_lr", min_lr),
+            ("warmup_steps", warmup_steps),
+            ("weight_decay", weight_decay),
+        ):
             if value < 0:
                 raise UserError(f"model.{name} must be ≥ 0, got {value}")
         if max_tokens is not None and tokens_per_param is not None:
@@ -95,8 +103,9 @@ class LanguageModel(L.LightningModule):
             config, state, base = self._base_config_and_weights(init_from, config)
             lineage = self._lineage(init_from, base)
         elif config is None:
-            raise UserError("no model architecture: set model.config (e.g. --config configs/model/...yaml) "
-                            "or model.init_from")
+            raise UserError(
+                "no model architecture: set model.config (e.g. --config configs/model/...yaml) or model.init_from"
+            )
         self.save_hyperparameters()
         self.hparams.config = asdict(config)  # plain dict: checkpoints load with weights_only=True
         self.hparams.init_from = None  # the checkpoint rebuilds without the base file; lineage says where it began
@@ -116,8 +125,11 @@ class LanguageModel(L.LightningModule):
         base_config, state, ckpt = config_and_weights(init_from)
         if config is not None:
             # Dropout is a training setting, not architecture: it may change between base and continuation.
-            conflicts = [f.name for f in fields(ModelConfig)
-                         if f.name != "dropout" and getattr(config, f.name) != getattr(base_config, f.name)]
+            conflicts = [
+                f.name
+                for f in fields(ModelConfig)
+                if f.name != "dropout" and getattr(config, f.name) != getattr(base_config, f.name)
+            ]
             if conflicts:
                 raise UserError(
                     f"model.config conflicts with the base checkpoint {init_from} on {conflicts}: the architecture "
@@ -145,20 +157,41 @@ class LanguageModel(L.LightningModule):
             names = getattr(data, "source_names", ["data"])
             self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
         if stage == "fit":
-            accumulate = self.trainer.accumulate_grad_batches
-            self.tokens_per_step = data.batch_size * data.seq_len * accumulate * self.trainer.world_size
+            self._resolve_accumulation(data)
+            self.tokens_per_step = (
+                data.batch_size * data.seq_len * self.trainer.accumulate_grad_batches * self.trainer.world_size
+            )
             self._resolve_budget()
         if self.hparams.compile:
             self.model.compile()
 
     def _check_data(self, data):
         if data.seq_len > self.config.block_size:
-            raise UserError(f"data.seq_len ({data.seq_len}) is larger than the model's context "
-                            f"(model.config.block_size = {self.config.block_size})")
+            raise UserError(
+                f"data.seq_len ({data.seq_len}) is larger than the model's context "
+                f"(model.config.block_size = {self.config.block_size})"
+            )
         vocab = getattr(data, "vocab_size", None)
         if vocab is not None and vocab > self.config.vocab_size:
-            raise UserError(f"the data's tokenizer has {vocab} tokens but the model's vocabulary only "
-                            f"{self.config.vocab_size} (model.config.vocab_size)")
+            raise UserError(
+                f"the data's tokenizer has {vocab} tokens but the model's vocabulary only "
+                f"{self.config.vocab_size} (model.config.vocab_size)"
+            )
+
+    def _resolve_accumulation(self, data):
+        if self.hparams.batch_tokens is None:
+            return
+        per_micro_step = data.batch_size * data.seq_len * self.trainer.world_size
+        accumulate, remainder = divmod(self.hparams.batch_tokens, per_micro_step)
+        if remainder or not accumulate:
+            raise UserError(
+                f"model.batch_tokens ({self.hparams.batch_tokens}) is not a multiple of data.batch_size × data.seq_len "
+                f"× world size ({data.batch_size} × {data.seq_len} × {self.trainer.world_size} = {per_micro_step}); "
+                "change the micro-batch or the global batch"
+            )
+        if self.trainer.accumulate_grad_batches not in (1, accumulate):
+            raise UserError("set either trainer.accumulate_grad_batches or model.batch_tokens, not both")
+        self.trainer.accumulate_grad_batches = accumulate
 
     def _resolve_budget(self):
         budget = self.hparams.max_tokens
@@ -166,14 +199,19 @@ class LanguageModel(L.LightningModule):
             budget = self.hparams.tokens_per_param * self.model.num_params()
         if budget is not None:
             if self.trainer.max_steps != -1:
-                raise UserError("set either trainer.max_steps or a token budget (model.max_tokens / "
-                                "model.tokens_per_param), not both")
+                raise UserError(
+                    "set either trainer.max_steps or a token budget (model.max_tokens / "
+                    "model.tokens_per_param), not both"
+                )
             self.trainer.fit_loop.max_steps = math.ceil(budget / self.tokens_per_step)
         elif self.trainer.max_steps == -1:
             raise UserError("no training length: set trainer.max_steps or model.max_tokens / model.tokens_per_param")
         steps = self.trainer.max_steps
-        print(f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step = {steps * self.tokens_per_step:,.0f} "
-              f"tokens, model {self.model.num_params():,} parameters")
+        rank_zero_info(
+            f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step (accumulation "
+            f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}) = "
+            f"{steps * self.tokens_per_step:,.0f} tokens; model {self.model.num_params():,} parameters"
+        )
 
     # ---- steps ---------------------------------------------------------------------------------------
 
@@ -197,8 +235,12 @@ class LanguageModel(L.LightningModule):
             if metric.update_called:
                 prefix = "val" if name == "all" else f"val/{name}"
                 for key, value in metric.compute().items():
-                    self.log(f"{prefix}/{key}", value.float(), prog_bar=key == "loss" and name == "all",
-                             add_dataloader_idx=False)
+                    self.log(
+                        f"{prefix}/{key}",
+                        value.float(),
+                        prog_bar=key == "loss" and name == "all",
+                        add_dataloader_idx=False,
+                    )
             metric.reset()
 
     def on_save_checkpoint(self, checkpoint: dict):
@@ -212,8 +254,11 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        embeddings = {id(p) for name, p in self.model.named_parameters() if name.startswith(("transformer.wte",
-                                                                                               "transformer.wpe"))}
+        embeddings = {
+            id(p)
+            for name, p in self.model.named_parameters()
+            if name.startswith(("transformer.wte", "transformer.wpe"))
+        }
         decay, no_decay = [], []
         for p in self.model.parameters():
             if not p.requires_grad:

@@ -46,7 +46,9 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
 
 
 def test_wsd_and_constant_schedules():
-    wsd = LanguageModel(config=tiny_config(), lr=1e-3, min_lr=0.0, warmup_steps=10, lr_schedule="wsd", decay_fraction=0.2)
+    wsd = LanguageModel(
+        config=tiny_config(), lr=1e-3, min_lr=0.0, warmup_steps=10, lr_schedule="wsd", decay_fraction=0.2
+    )
     assert wsd.lr_at(50) == wsd.lr_at(80) == pytest.approx(1e-3)
     assert wsd.lr_at(90) == pytest.approx(5e-4) and wsd.lr_at(100) == pytest.approx(0.0)
     constant = LanguageModel(config=tiny_config(), lr=1e-3, warmup_steps=10, lr_schedule="constant")

@@ -22,7 +22,9 @@ from lm.model.config import ModelConfig
 
 def rope_cache(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (block_size, head_dim) in the rotate-half layout (the one Llama checkpoints use)."""
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, device=device).float() / config.head_dim))
+    inv_freq = 1.0 / (
+        config.rope_theta ** (torch.arange(0, config.head_dim, 2, device=device).float() / config.head_dim)
+    )
     freqs = torch.outer(torch.arange(config.block_size, device=device).float(), inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
@@ -236,13 +238,19 @@ class GPT(nn.Module):
         c = self.config
         for block in self.transformer.h:
             block.attn.cache = (
-                None if batch_size is None
+                None
+                if batch_size is None
                 else KVCache(batch_size, c.n_head, c.block_size, c.head_dim, self.lm_head.weight.dtype, device)
             )
 
 
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Draws one token per row from (B, vocab) logits; temperature 0 means argmax."""
     if temperature == 0:
         return logits.argmax(dim=-1)

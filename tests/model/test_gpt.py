@@ -14,7 +14,10 @@ def test_gpt2_small_parameter_counts():
 
 def test_classic_and_modern_differ_where_they_should():
     classic, modern = GPT(tiny_config("classic")), GPT(tiny_config("modern"))
-    assert isinstance(classic.transformer.ln_f, torch.nn.LayerNorm) and classic.transformer.h[0].attn.c_attn.bias is not None
+    assert (
+        isinstance(classic.transformer.ln_f, torch.nn.LayerNorm)
+        and classic.transformer.h[0].attn.c_attn.bias is not None
+    )
     assert isinstance(modern.transformer.ln_f, torch.nn.RMSNorm) and modern.transformer.h[0].attn.c_attn.bias is None
     assert hasattr(classic.transformer, "wpe") and not hasattr(modern.transformer, "wpe")
     for model in (classic, modern):
