@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 data/python-docs/manifest.json: | $(STAMP)
-	$(LM) prepare --source python-docs --out data/python-docs
+	$(LM) prepare --source python-docs --out data/python-docs --val_fraction 0.02
 
 # The demo run is disposable: each `make demo` starts runs/demo afresh.
 demo: $(STAMP) data/python-docs/manifest.json

@@ -173,4 +173,4 @@ def hellaswag(ckpt_path: str, data: str, limit: int | None = None, batch_size: i
 
 
 def main(argv: list[str]) -> dict:
-    return CLI(hellaswag, args=argv, as_positional=False)
+    return CLI(hellaswag, args=argv, as_positional=False, prog="python -m lm hellaswag")

@@ -1,0 +1,83 @@
+"""End to end through `python -m lm` (in process): fit a tiny model on real text, validate, reload."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm.checkpoint import load_model
+from lm.cli import main
+from lm.module import LanguageModel
+from tests.conftest import write_config
+
+
+def test_fit_then_validate(text_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", text_corpus, run)
+    main(["fit", "--config", config])
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+
+    capsys.readouterr()
+    main(["validate", "--config", config, "--ckpt_path", str(run / "checkpoints" / "best.ckpt")])
+    out = capsys.readouterr().out
+    assert "val/loss" in out and "val/ppl" in out and "val/bpb" in out
+
+    # The checkpoint alone rebuilds the model: same logits and greedy generation both ways of loading.
+    module = LanguageModel.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True).eval()
+    model, ckpt = load_model(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6 and ckpt["tokens_seen"] == 6 * 4 * 32
+    idx = torch.randint(0, 50257, (1, 8))
+    torch.testing.assert_close(module.model(idx), model(idx), rtol=0, atol=0)
+    greedy = [torch.stack(list(m.generate(idx, 10, temperature=0))) for m in (module.model, model)]
+    assert torch.equal(*greedy)
+
+
+def test_print_config_composes_files(text_corpus, tmp_path, capsys):
+    base = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run")
+    override = tmp_path / "classic.yaml"
+    override.write_text("model:\n  config:\n    block: classic\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", base, "--config", str(override), "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    out = capsys.readouterr().out
+    assert "block: classic" in out and "n_embd: 32" in out
+
+
+def error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = exit_info.value.code if isinstance(exit_info.value.code, str) else capsys.readouterr().err
+    assert exit_info.value.code != 0
+    return message.strip().splitlines()[-1] if "error:" not in message else message[message.index("error:") :]
+
+
+def test_missing_data_path_is_one_line_and_creates_no_run(text_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", str(tmp_path / "nowhere"), run)
+    message = error_line(capsys, ["fit", "--config", config])
+    assert message.startswith("error:") and "nowhere" in message and "prepare" in message
+    assert not run.exists()
+
+
+def test_config_typo_names_the_key(text_corpus, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run")
+    message = error_line(capsys, ["fit", "--config", config, "--model.config.n_layr", "3"])
+    assert "n_layr" in message
+
+
+def test_empty_corpus_is_refused(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    message = error_line(capsys, ["prepare", "--source", "local", "--path", str(tmp_path / "empty.txt"),
+                                  "--out", str(tmp_path / "out")])
+    assert message.startswith("error:") and not (tmp_path / "out").exists()
+
+
+def test_checkpoint_that_does_not_fit_the_config(text_corpus, tmp_path, capsys):
+    run = tmp_path / "base"
+    main(["fit", "--config", write_config(tmp_path / "base.yaml", text_corpus, run, **{"trainer.max_steps": 1})])
+    wider = write_config(tmp_path / "wide.yaml", text_corpus, tmp_path / "cpt", **{"model.config.n_embd": 64})
+    message = error_line(capsys, ["fit", "--config", wider, "--model.init_from", str(run / "checkpoints/last.ckpt")])
+    assert "n_embd" in message and "last.ckpt" in message
+    assert not Path(tmp_path / "cpt").exists()
