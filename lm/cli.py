@@ -49,14 +49,17 @@ class LMCLI(LightningCLI):
 
 
 def run_lightning(args: list[str] | None) -> None:
-    from lm.data.datamodule import TokenDataModule
+    from lm.callbacks import default_callbacks
+    from lm.data.datamodule import MixtureLogger, TokenDataModule
     from lm.module import LanguageModel
 
     LMCLI(
         LanguageModel,
         TokenDataModule,
         args=args,
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step")]},
+        trainer_defaults={
+            "callbacks": [LearningRateMonitor(logging_interval="step"), MixtureLogger(), *default_callbacks()]
+        },
         save_config_kwargs={"overwrite": True},
     )
 

@@ -63,6 +63,7 @@ class LanguageModel(L.LightningModule):
         max_tokens: float | None = None,
         tokens_per_param: float | None = None,
         compile: bool = False,
+        activation_checkpointing: bool = False,
         init_from: str | None = None,
     ):
         """
@@ -82,6 +83,8 @@ class LanguageModel(L.LightningModule):
             max_tokens: Training budget in tokens; sets trainer.max_steps. Exclusive with `tokens_per_param`.
             tokens_per_param: Training budget as a multiple of the parameter count (20 ≈ Chinchilla-optimal).
             compile: torch.compile the model (same parameter names, so checkpoints are interchangeable).
+            activation_checkpointing: Recompute each block's activations in the backward pass instead of keeping
+                them: much less memory (larger micro-batches on small GPUs) for about a third more compute.
             init_from: Start from the weights of this lm checkpoint or Hugging Face model directory (continued
                 pretraining); optimizer, schedule and counters start fresh. To resume a run, use --ckpt_path.
         """
@@ -112,6 +115,7 @@ class LanguageModel(L.LightningModule):
         self.lineage = lineage
         self.config = config
         self.model = GPT(config)
+        self.model.activation_checkpointing = activation_checkpointing
         if init_from is not None:
             load_weights(self.model, state, init_from)
         self.register_buffer("token_bytes", torch.from_numpy(token_byte_lengths()), persistent=False)
@@ -219,7 +223,9 @@ class LanguageModel(L.LightningModule):
         x, y = batch
         loss = self.model(x, y)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
+        tokens = float((self.global_step + 1) * self.tokens_per_step)
+        # Made on the device: self.log would copy a Python number there, a host sync on every CUDA step.
+        self.log("train/tokens", torch.full((), tokens, device=x.device))
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
@@ -253,6 +259,14 @@ class LanguageModel(L.LightningModule):
     # ---- optimizer and schedule ----------------------------------------------------------------------
 
     def configure_optimizers(self):
+        optimizer = self.adamw()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.lr_at(step) / self.hparams.lr if self.hparams.lr else 0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def adamw(self) -> torch.optim.AdamW:
+        """AdamW over the model's parameters, grouped by decay; fused. `lm bench` also uses it directly."""
         hp = self.hparams
         embeddings = {
             id(p)
@@ -268,10 +282,8 @@ class LanguageModel(L.LightningModule):
             else:
                 no_decay.append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = all(p.device.type == "cuda" for p in self.model.parameters())
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at(step) / hp.lr if hp.lr else 0)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+        # Fused on every device (CPU too): it honours optimizer.found_inf, which NonFiniteGuard sets to skip a step.
+        return torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
 
     def lr_at(self, step: int) -> float:
         """Learning rate after `step` optimizer steps: linear warmup, then the chosen decay to min_lr."""

@@ -130,7 +130,7 @@ class RunSummaryCallback(L.Callback):
                 "best_val": self.best,
                 "wall_time_s": round(self.wall_time(), 1),
                 "mean_tokens_per_sec": total / count if count else None,
-                "lineage": pl_module.hparams.get("lineage"),
+                "lineage": pl_module.lineage,
                 "final_samples": samples,
                 "config": str(config) if config.is_file() else None,
             },

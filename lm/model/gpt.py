@@ -8,6 +8,7 @@ Design choices:
 - The vocabulary may be padded (50257 → 50304) for faster matmuls; logits are cut back to the real
   vocabulary before the loss and sampling, so padded ids can never be predicted.
 - A preallocated KV cache makes generation linear in its length.
+- `activation_checkpointing` (a training setting, not architecture) recomputes each block in the backward pass.
 """
 
 import math
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lm.model.config import ModelConfig
 
@@ -139,6 +141,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
+        self.activation_checkpointing = False  # keep only block inputs for backward; recompute the rest
 
     def _init_weights(self, module: nn.Module):
         """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 · n_layer), zero biases."""
@@ -171,7 +174,10 @@ class GPT(nn.Module):
             rope = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, pos)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rope, pos, use_reentrant=False)
+            else:
+                x = block(x, rope, pos)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size); padding never predicted
         if targets is None:

@@ -1,0 +1,1 @@
+"""Evaluations beyond validation loss: HellaSwag (bits per byte is part of validation, in lm.module)."""

@@ -1,0 +1,41 @@
+"""Test-only helpers that run inside the `python -m lm fit` processes the distributed tests launch."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from torch.distributed.fsdp import FullyShardedDataParallel
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, allowed on CPU.
+
+    Lightning refuses `FSDPStrategy` unless the accelerator is a GPU, by an exact type check
+    (`type(strategy) is FSDPStrategy`), and passes FSDP `device_id=None` on CPU, which torch's FSDP refuses
+    ("needs a non-CPU accelerator device"). torch's FSDP shards and trains on CPU with gloo when given
+    `device_id=cpu`: this subclass passes the check and wraps the model that way; the rest (activation
+    checkpointing, full-state checkpoints, optimizer sharding) is Lightning's own code.
+    """
+
+    def _setup_model(self, model):
+        policy = self.kwargs.pop("auto_wrap_policy", None)
+        model = FullyShardedDataParallel(
+            module=model,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            auto_wrap_policy=policy,
+            **self.kwargs,
+        )
+        return super()._setup_model(model)
+
+
+class BatchRecorder(L.Callback):
+    """Appends each training micro-batch's first tokens to <run>/batches-rank<r>.jsonl, one line per batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, _ = batch
+        path = Path(trainer.default_root_dir) / f"batches-rank{trainer.global_rank}.jsonl"
+        with open(path, "a") as f:
+            f.write(json.dumps(x[:, :4].tolist()) + "\n")

@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from lm.bench import ReferenceGPT, largest_batch, load_settings, main, reference_model
+from lm.model import GPT, ModelConfig
+from lm.module import LanguageModel
+from tests.conftest import tiny_config
+
+TINY = {
+    "trainer": {"precision": "32-true", "gradient_clip_val": 1.0},
+    "model": {"config": {"block": "modern", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}, "lr": 1e-3},
+    "data": {"seq_len": 32, "batch_size": 2},
+}
+
+
+def test_bench_writes_a_table_with_all_three_rows(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    main(["--config", str(config), "--steps", "2", "--warmup", "1", "--out", str(tmp_path / "bench.json")])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["lightning", "pytorch", "reference"]
+    for r in result["rows"]:
+        assert r["tokens_per_sec"] > 0 and r["step_ms"] > 0 and r["warmup_s"] > 0 and r["params"] > 0
+        assert r["mfu"] is None and r["peak_memory_gb"] is None  # CPU: no peak FLOP/s, no CUDA memory counter
+    assert result["rows"][0]["params"] == result["rows"][1]["params"] == GPT(ModelConfig(**TINY["model"]["config"])).num_params()
+    assert result["device"] == "cpu" and result["batch_size"] == 2 and result["seq_len"] == 32
+    assert isinstance(result["lightning_overhead"], float)
+    table = capsys.readouterr().out
+    assert all(name in table for name in ("lightning", "pytorch", "reference", "Lightning overhead", "6N + 12·L·H·Q·T"))
+
+
+def test_reference_has_our_classic_parameter_count():
+    config = ModelConfig(block="classic", n_layer=2, n_head=4, n_embd=64, block_size=64)
+    ours, peer = GPT(config), reference_model(config)
+    assert config.padded_vocab_size == 50304
+    assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in ours.parameters())
+
+
+def test_reference_trains():
+    model = ReferenceGPT(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64)
+    idx = torch.randint(0, 64, (2, 8))
+    loss = model(idx, idx)
+    loss.backward()
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(64.0)).item(), rel=0.1)
+
+
+def test_settings_leave_out_the_budget(tmp_path):
+    config = tmp_path / "run.yaml"
+    run = {**TINY, "model": {**TINY["model"], "batch_tokens": 4096, "max_tokens": 1e9, "compile": True}}
+    config.write_text(yaml.safe_dump(run))
+    settings = load_settings(str(config), batch_size=8)
+    assert settings.batch_size == 8 and settings.compile and settings.gradient_clip_val == 1.0
+    assert "batch_tokens" not in settings.module_args and "max_tokens" not in settings.module_args
+
+
+@pytest.mark.parametrize("largest", [0, 1, 5, 64, 100, 4096])
+def test_largest_batch_doubles_then_bisects(largest):
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= largest
+
+    assert largest_batch(fits) == largest
+    assert len(tried) <= 2 * 13
+
+
+def test_activation_checkpointing_gives_identical_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = LanguageModel(config=tiny_config("classic"), activation_checkpointing=checkpointing)
+        calls = []
+        module.model.transformer.h[0].register_forward_hook(lambda *_: calls.append(1))
+        idx = torch.randint(0, 100, (2, 16))
+        module.model(idx, idx).backward()
+        assert len(calls) == (2 if checkpointing else 1)  # the block ran again in backward
+        grads.append({n: p.grad for n, p in module.model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=0, msg=name)
+
+
+def losses(compile: bool, steps: int = 4) -> list[float]:
+    torch.manual_seed(0)
+    module = LanguageModel(config=tiny_config("modern"), lr=1e-2)
+    if compile:
+        module.model.compile()
+    optimizer = module.adamw()
+    idx = torch.randint(0, 100, (steps, 2, 17))
+    curve = []
+    for batch in idx:
+        loss = module.model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        curve.append(loss.item())
+    return curve
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_loss_curves_match():
+    torch._dynamo.reset()
+    assert losses(compile=True) == pytest.approx(losses(compile=False), rel=1e-4)
