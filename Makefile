@@ -3,7 +3,7 @@ PYTHON ?= python3
 LM := $(PYTHON) -m lm
 STAMP := .venv-installed
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install demo cpt test test-slow lint format bench clean
 
 # torch first, pinned, when it is missing: a bare `torch` requirement would pull the newest CUDA build.
 # GPU users: install your own torch build before `make` (see README); it is left alone.
@@ -24,6 +24,11 @@ demo: $(STAMP) data/python-docs/manifest.json
 	$(LM) validate --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
 	$(LM) generate --ckpt_path runs/demo/checkpoints/best.ckpt --prompt "The module" --max_new_tokens 40 --seed 0
 	@echo "run directory: runs/demo (tensorboard --logdir runs)"
+
+# Continued pretraining from a base checkpoint (or HF directory): make cpt BASE=runs/base/checkpoints/best.ckpt
+cpt: $(STAMP)
+	@test -n "$(BASE)" || { echo "usage: make cpt BASE=<base checkpoint or HF directory>"; exit 2; }
+	$(LM) fit --config configs/cpt-124m-mix.yaml --model.init_from $(BASE)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q

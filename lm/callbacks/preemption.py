@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 EXIT_PREEMPTED = os.EX_TEMPFAIL  # 75
 
