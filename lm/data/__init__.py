@@ -1,0 +1,1 @@
+"""Data: sources -> prepared token shards -> packed windows -> weighted mixture -> TokenDataModule."""

@@ -1,0 +1,123 @@
+"""Prepared token shards read as fixed-length windows, straight from disk.
+
+A split is the concatenation of its shards (`<split>_<NNNNN>.bin`, uint16), memory-mapped, never loaded whole.
+Window i covers tokens [i * seq_len, i * seq_len + seq_len + 1): inputs are its first seq_len tokens, targets the
+last seq_len, and consecutive windows share one token so no target is skipped. Windows may straddle shards.
+
+Before any training the manifest and shards are checked and problems stop with one line naming the file:
+another tokenizer, a shard shorter than the manifest says (always checked; it costs a stat), a checksum
+mismatch (xxh3 over every shard, on by default: a few seconds per 10 GB from page cache; turn it off for huge
+corpora on trusted disks).
+"""
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from lm.data.tokenizer import TOKENIZER_NAME, get_encoding
+
+MANIFEST = "manifest.json"
+DTYPE = np.uint16
+
+
+@functools.cache
+def tokenizer_hash() -> str:
+    """sha256 over every token's bytes, in id order: two encodings agree iff they map ids to the same bytes."""
+    enc = get_encoding()
+    digest = hashlib.sha256()
+    for token in range(enc.n_vocab):
+        piece = enc.decode_single_token_bytes(token)
+        digest.update(len(piece).to_bytes(2, "little") + piece)
+    return digest.hexdigest()
+
+
+def checksum(path: Path) -> str:
+    """xxh3-64 of a file, streamed through a memory map."""
+    if path.stat().st_size == 0:
+        return xxhash.xxh3_64_hexdigest(b"")
+    return xxhash.xxh3_64_hexdigest(np.memmap(path, dtype=np.uint8, mode="r"))
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The manifest of a prepared directory, after checking it was made with our tokenizer."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found; prepare the data first (python -m lm prepare --out {directory})")
+    manifest = json.loads(path.read_text())
+    tokenizer = manifest.get("tokenizer", {})
+    if tokenizer.get("name") != TOKENIZER_NAME or tokenizer.get("hash") != tokenizer_hash():
+        theirs = f"'{tokenizer.get('name')}' (hash {str(tokenizer.get('hash'))[:12]})"
+        raise SystemExit(
+            f"error: {path} was made with tokenizer {theirs}, not this codebase's '{TOKENIZER_NAME}' "
+            f"({tokenizer_hash()[:12]}); prepare the data again"
+        )
+    return manifest
+
+
+def check_vocab(directory: str | Path, data_vocab: int, model_vocab: int) -> None:
+    """Stop if the data holds token ids the model has no embedding for."""
+    if data_vocab > model_vocab:
+        raise SystemExit(
+            f"error: {Path(directory) / MANIFEST} has vocab size {data_vocab}, larger than the model's {model_vocab}; "
+            "raise the model's vocab_size"
+        )
+
+
+class PackedWindows:
+    """Memory-mapped (seq_len + 1)-token windows over one split of a prepared directory."""
+
+    def __init__(self, directory: str | Path, split: str, seq_len: int, verify_checksums: bool = True):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        self.seq_len = seq_len
+        splits = self.manifest["splits"]
+        if split not in splits or not splits[split]["shards"]:
+            raise SystemExit(f"error: {self.directory / MANIFEST} has no '{split}' shards")
+        self.shards = [self._open(entry, verify_checksums) for entry in splits[split]["shards"]]
+        self.starts = np.cumsum([0] + [len(shard) for shard in self.shards])  # token offset of each shard
+        self.tokens = int(self.starts[-1])
+        self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
+        if self.tokens < seq_len + 1:
+            raise SystemExit(
+                f"error: '{split}' split of {self.directory} has {self.tokens} tokens, fewer than one window "
+                f"of seq_len + 1 = {seq_len + 1}"
+            )
+
+    def _open(self, entry: dict, verify_checksum: bool) -> np.memmap:
+        path = self.directory / entry["file"]
+        if not path.is_file():
+            raise SystemExit(f"error: shard {path} listed in the manifest is missing")
+        size = path.stat().st_size
+        if size != entry["tokens"] * DTYPE().itemsize:
+            raise SystemExit(f"error: shard {path} has {size} bytes, manifest says {entry['tokens']} tokens (x2 bytes)")
+        if verify_checksum and checksum(path) != entry["checksum"]:
+            raise SystemExit(f"error: shard {path} fails its checksum (corrupt or rewritten); prepare it again")
+        return np.memmap(path, dtype=DTYPE, mode="r")
+
+    def __len__(self) -> int:
+        return (self.tokens - 1) // self.seq_len
+
+    def window(self, index: int) -> np.ndarray:
+        """Tokens [index * seq_len, index * seq_len + seq_len + 1), copied out of the shards."""
+        start, stop = index * self.seq_len, index * self.seq_len + self.seq_len + 1
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        offset = start - self.starts[shard]
+        if stop <= self.starts[shard + 1]:
+            return np.array(self.shards[shard][offset : offset + self.seq_len + 1])
+        pieces = []
+        while start < stop:  # straddles a shard boundary
+            end = min(stop, int(self.starts[shard + 1]))
+            pieces.append(self.shards[shard][start - self.starts[shard] : end - self.starts[shard]])
+            start, shard = end, shard + 1
+        return np.concatenate(pieces)
+
+    def batch(self, indices) -> np.ndarray:
+        """Windows at `indices` stacked into a (len(indices), seq_len + 1) int64 array."""
+        out = np.empty((len(indices), self.seq_len + 1), dtype=np.int64)
+        for row, index in enumerate(indices):
+            out[row] = self.window(int(index))
+        return out

@@ -1,0 +1,135 @@
+import hashlib
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lm.data.packed import read_manifest
+from lm.data.prepare import prepare
+from lm.data.sources import HUB_SOURCES, load_source, python_docstrings
+from lm.data.tokenizer import EOT, get_encoding
+from tests.data.conftest import make_docs, write_jsonl
+
+
+def fineweb_parquet(path, docs: list[str]) -> str:
+    """A parquet file with fineweb's real columns."""
+    n = len(docs)
+    table = pa.table(
+        {
+            "text": docs,
+            "id": [f"<urn:uuid:{i}>" for i in range(n)],
+            "dump": ["CC-MAIN-2024-10"] * n,
+            "url": [f"https://example.com/{i}" for i in range(n)],
+            "date": ["2024-02-20T00:00:00Z"] * n,
+            "file_path": ["s3://commoncrawl/x.warc.gz"] * n,
+            "language": ["en"] * n,
+            "language_score": [0.9] * n,
+            "token_count": [len(d) for d in docs],
+        }
+    )
+    pq.write_table(table, path)
+    return str(path)
+
+
+def texts(source: str, **kwargs) -> list[str]:
+    ds, _ = load_source(source, **kwargs)
+    return [row["text"] for row in ds]
+
+
+def digest(docs) -> str:
+    return hashlib.sha256("\0".join(docs).encode()).hexdigest()
+
+
+def test_python_docs_is_deterministic_and_clean():
+    docs = python_docstrings()
+    assert len(docs) > 1000 and all(docs)
+    assert any("Return" in d for d in docs)
+    code = "from lm.data.sources import python_docstrings as p; from tests.data.test_sources import digest; "
+    code += "print(digest(p()))"
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == digest(docs)  # another process, another hash seed: the same corpus
+
+
+def test_local_jsonl_parquet_txt(tmp_path):
+    docs = make_docs(20)
+    assert texts("local", path=write_jsonl(tmp_path / "a.jsonl", docs, field="body"), text_field="body") == docs
+    pq.write_table(pa.table({"content": docs, "n": list(range(20))}), tmp_path / "a.parquet")
+    assert texts("local", path=str(tmp_path / "*.parquet"), text_field="content") == docs
+    for i, doc in enumerate(docs[:3]):
+        (tmp_path / f"doc{i}.txt").write_text(doc)
+    assert texts("local", path=str(tmp_path / "doc*.txt")) == docs[:3]  # one document per file
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hub_source_reads_local_files_with_the_real_schema(tmp_path, streaming):
+    docs = make_docs(60)
+    fineweb_parquet(tmp_path / "000_00000.parquet", docs[:30])
+    fineweb_parquet(tmp_path / "000_00001.parquet", docs[30:])
+    out = prepare(
+        source="fineweb",
+        out=str(tmp_path / "out"),
+        path=str(tmp_path / "*.parquet"),
+        streaming=streaming,
+        val_fraction=0.1,
+        num_proc=1,
+        chunk_docs=25,
+    )
+    manifest = read_manifest(out)
+    assert manifest["source"]["dataset"] == HUB_SOURCES["fineweb"].dataset
+    assert manifest["source"]["config"] == "sample-10BT"
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 60
+    first = np.fromfile(out / "train_00000.bin", dtype=np.uint16)
+    assert first[0] == EOT and list(first[1:6]) == get_encoding().encode_ordinary(docs[0])[:5]
+
+
+def test_hub_overrides(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", make_docs(5), field="content")
+    _, description = load_source("finemath", path=path, subset="finemath-3plus", text_field="content")
+    assert description["config"] == "finemath-3plus" and description["text_field"] == "content"
+
+
+def test_unreachable_hub_is_one_line(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network here either way; fail fast
+    with pytest.raises(SystemExit, match="error: could not load hub dataset 'mlfoundations/dclm-baseline-1.0'") as e:
+        load_source("dclm", dataset="mlfoundations/dclm-baseline-1.0")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_match", "matches no files"),
+        ("missing_field", "text field 'body' not found"),
+        ("empty", "empty corpus"),
+        ("unknown", "unknown source 'nope'"),
+        ("no_path", "needs --path"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case, message):
+    src = write_jsonl(tmp_path / "d.jsonl", make_docs(10))
+    (tmp_path / "empty.jsonl").write_text("")
+    kwargs = {
+        "no_match": dict(source="local", path=str(tmp_path / "missing/*.parquet")),
+        "missing_field": dict(source="local", path=src, text_field="body"),
+        "empty": dict(source="local", path=str(tmp_path / "empty.jsonl")),
+        "unknown": dict(source="nope"),
+        "no_path": dict(source="local"),
+    }[case]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message) as e:
+        prepare(out=str(out), num_proc=1, **kwargs)
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_corpus_of_empty_rows_leaves_nothing(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", ["", "x"])
+    with pytest.raises(SystemExit, match="val split"):
+        prepare(source="local", out=str(tmp_path / "out"), path=src, num_proc=1, val_fraction=0.01)
+    assert sorted(os.listdir(tmp_path)) == ["d.jsonl"]
