@@ -30,6 +30,14 @@ cpt: $(STAMP)
 	@test -n "$(BASE)" || { echo "usage: make cpt BASE=<base checkpoint or HF directory>"; exit 2; }
 	$(LM) fit --config configs/cpt-124m-mix.yaml --model.init_from $(BASE)
 
+# Experiments (experiments/<name>/): `make exp-<name>` prepares their data, trains each variant not yet finished
+# into runs/<name>/<variant>/ and writes the report; `make report-<name>` rewrites the report alone.
+exp-%: $(STAMP)
+	$(LM) experiment run $*
+
+report-%: $(STAMP)
+	$(LM) experiment report $*
+
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
 
@@ -44,8 +52,11 @@ format: $(STAMP)
 	$(PYTHON) -m ruff check --fix lm tests
 	$(PYTHON) -m ruff format lm tests
 
+# Training speed, three ways (see docs/performance.md). GPU: make bench BENCH_CONFIG=configs/bench/gpt2-124m-classic.yaml BENCH_ARGS=
+BENCH_CONFIG ?= configs/bench/cpu.yaml
+BENCH_ARGS ?= --steps 3 --warmup 1
 bench: $(STAMP)
-	$(LM) bench --config configs/demo.yaml
+	$(LM) bench --config $(BENCH_CONFIG) $(BENCH_ARGS)
 
 clean:
 	rm -rf runs/demo .pytest_cache $(STAMP)

@@ -157,7 +157,7 @@ class LanguageModel(L.LightningModule):
     def setup(self, stage: str):
         data = self.trainer.datamodule
         if data is not None:
-            self._check_data(data)
+            self.check_data(data)
             names = getattr(data, "source_names", ["data"])
             self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
         if stage == "fit":
@@ -169,7 +169,8 @@ class LanguageModel(L.LightningModule):
         if self.hparams.compile:
             self.model.compile()
 
-    def _check_data(self, data):
+    def check_data(self, data):
+        """One-line errors for data the model cannot take; lm.cli also calls it before the run directory is touched."""
         if data.seq_len > self.config.block_size:
             raise UserError(
                 f"data.seq_len ({data.seq_len}) is larger than the model's context "

@@ -1,6 +1,7 @@
 """Text samples from fixed prompts during training: the quickest sanity check of a run."""
 
 import lightning as L
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lm.generate import generate_text
 
@@ -9,6 +10,7 @@ class SampleCallback(L.Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training), continues each prompt and writes
     the text to TensorBoard (Text tab, tag samples/<i>). Runs on rank 0 only, with its own seeded random
     stream so it never changes the training run; keeps the latest samples for the run summary.
+    Off under FSDP: rank 0 holds only a shard of the weights (sample from a checkpoint with `lm generate`).
     """
 
     def __init__(
@@ -43,7 +45,9 @@ class SampleCallback(L.Callback):
 
     def sample(self, trainer, pl_module):
         step = trainer.global_step
-        if not trainer.is_global_zero or step == 0 or (self.samples and self.samples[0]["step"] == step):
+        if not trainer.is_global_zero or isinstance(trainer.strategy, FSDPStrategy):
+            return
+        if step == 0 or (self.samples and self.samples[0]["step"] == step):
             return
         self.samples = [
             {"step": step, "prompt": prompt, "text": generate_text(pl_module.model, prompt, **self.sampling)}

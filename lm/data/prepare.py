@@ -211,7 +211,7 @@ def doc_chunks(ds, chunk_docs: int):
 def tokenize(batch: pa.Table, indices: list[int], first_doc: int, seed: int, val_fraction: float) -> pa.Table:
     """Documents -> EOT-prefixed uint16 token lists, their UTF-8 byte counts and their split."""
     texts = [text or "" for text in batch.column("text").to_pylist()]
-    ids = get_encoding().encode_ordinary_batch(texts, num_threads=1)  # one process = one core
+    ids = list(map(get_encoding().encode_ordinary, texts))
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=DTYPE, count=int(lengths.sum()))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
 
 class CPUFSDPStrategy(FSDPStrategy):
@@ -15,8 +15,10 @@ class CPUFSDPStrategy(FSDPStrategy):
     Lightning refuses `FSDPStrategy` unless the accelerator is a GPU, by an exact type check
     (`type(strategy) is FSDPStrategy`), and passes FSDP `device_id=None` on CPU, which torch's FSDP refuses
     ("needs a non-CPU accelerator device"). torch's FSDP shards and trains on CPU with gloo when given
-    `device_id=cpu`: this subclass passes the check and wraps the model that way; the rest (activation
-    checkpointing, full-state checkpoints, optimizer sharding) is Lightning's own code.
+    `device_id=cpu`: this subclass passes the check and wraps the model that way. Gathering the full
+    state dict with `offload_to_cpu=True` (Lightning's choice, right on GPU) frees memory that is still in use
+    when the parameters already live on the CPU (segfault in torch 2.13), so it gathers without offloading.
+    The rest (optimizer state, checkpoint files, loading) is Lightning's own code.
     """
 
     def _setup_model(self, model):
@@ -29,6 +31,11 @@ class CPUFSDPStrategy(FSDPStrategy):
             **self.kwargs,
         )
         return super()._setup_model(model)
+
+    def lightning_module_state_dict(self):
+        config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
+            return self.model.state_dict()
 
 
 class BatchRecorder(L.Callback):

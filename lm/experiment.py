@@ -1,0 +1,223 @@
+"""`python -m lm experiment run|report <name>`: an experiment is a folder of configs; running it is a loop over the
+lm commands a user would type.
+
+`experiments/<name>/experiment.yaml` says what to run:
+
+    question: Does the modern block beat the classic one at equal parameters?  # the report's heading
+    prepare:                   # `python -m lm prepare` arguments; skipped when <out>/manifest.json exists
+      - {source: python-docs, out: data/python-docs, val_fraction: 0.02}
+    configs: [configs/demo.yaml]                  # shared by every variant, in this order
+    variants:                                     # name -> config files and/or flags, after the shared configs
+      classic: [experiments/x/classic.yaml]
+      modern: ["--model.config.mlp_hidden=356"]
+    init_from: {modern: runs/base/checkpoints/best.ckpt}  # optional: a path, or another (earlier) variant's name
+    hellaswag: data/hellaswag_val.jsonl           # optional: scored on each best.ckpt and on each init_from base
+
+Design choices:
+- Each step is a `python -m lm ...` subprocess, printed before it runs: a variant is exactly
+  `python -m lm fit --config ... --trainer.default_root_dir runs/<name>/<variant>`, rerunnable by hand, and the
+  runner adds no training code of its own.
+- A variant whose run_summary.json says finished is skipped (delete its run directory to redo it); an
+  interrupted one continues from its last.ckpt.
+- Paths are relative to the working directory (the repository root), like every lm command; `--runs_root`
+  puts the runs elsewhere (a scratch disk, a test's tmp directory).
+- The report (results.md and results.png in the experiment folder) reads only run_summary.json,
+  metrics.jsonl and hellaswag*.json of each run, so it can be rebuilt at any time, also while runs go on.
+"""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from jsonargparse import CLI
+
+from lm.errors import UserError
+from lm.plot import plot
+
+EXPERIMENTS = Path("experiments")
+KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag"}
+
+
+def load_experiment(name: str) -> dict:
+    """experiments/<name>/experiment.yaml, checked before any compute is spent."""
+    path = EXPERIMENTS / name / "experiment.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in EXPERIMENTS.glob("*/experiment.yaml"))
+        raise UserError(f"no experiment {name!r}: {path} does not exist (known: {', '.join(known) or 'none'})")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if set(spec) - KEYS:
+        raise UserError(f"{path}: unknown keys {sorted(set(spec) - KEYS)} (known: {sorted(KEYS)})")
+    if not spec.get("variants"):
+        raise UserError(f"{path}: no variants")
+    variants = list(spec["variants"])
+    for variant, base in spec.get("init_from", {}).items():
+        if variant not in variants:
+            raise UserError(f"{path}: init_from names {variant!r}, which is not a variant")
+        if base in variants and variants.index(base) >= variants.index(variant):
+            raise UserError(f"{path}: variant {variant!r} starts from {base!r}, which must be listed before it")
+    return spec
+
+
+def flags(arguments: dict) -> list[str]:
+    """{out: x, streaming: true} -> ["--out", "x", "--streaming", "true"]."""
+    args = []
+    for key, value in arguments.items():
+        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def lm_command(*args: str, capture: bool = False) -> str:
+    """Run `python -m lm <args>` in this Python; its output streams through (stdout returned when captured)."""
+    command = shlex.join(["python", "-m", "lm", *args])
+    print(f"$ {command}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "lm", *args], stdout=subprocess.PIPE if capture else None, text=True)
+    if result.returncode:
+        raise UserError(f"`{command}` failed (exit status {result.returncode})")
+    return result.stdout
+
+
+def base_checkpoint(spec: dict, variant: str, runs: Path) -> str | None:
+    """What the variant starts from: another variant's best checkpoint, a path, or nothing (from scratch)."""
+    base = spec.get("init_from", {}).get(variant)
+    return str(runs / base / "checkpoints" / "best.ckpt") if base in spec["variants"] else base
+
+
+def fit_args(spec: dict, variant: str, run_dir: Path, base: str | None) -> list[str]:
+    args = ["fit"]
+    for item in [*spec.get("configs", []), *spec["variants"][variant]]:
+        args += [item] if item.startswith("--") else ["--config", item]
+    if base:
+        args += ["--model.init_from", base]
+    args += ["--trainer.default_root_dir", str(run_dir)]
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        args += ["--ckpt_path", "last"]  # interrupted: continue it exactly
+    elif run_dir.exists():
+        args += ["--overwrite", "true"]  # stopped before its first checkpoint: nothing to continue
+    return args
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    return bool((read_json(run_dir / "run_summary.json") or {}).get("finished"))
+
+
+def score_hellaswag(data: str, checkpoint: str, out: Path) -> None:
+    """HellaSwag of one checkpoint into out (JSON), unless out exists."""
+    if not out.is_file():
+        result = lm_command("hellaswag", "--ckpt_path", checkpoint, "--data", data, capture=True)
+        out.write_text(result.strip().splitlines()[-1] + "\n")  # the command's last line is its result
+
+
+def run(name: str, runs_root: str = "runs") -> None:
+    """Prepare the data, train each variant not yet finished, score HellaSwag if asked, then write the report.
+
+    Args:
+        name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
+        runs_root: Variants run in <runs_root>/<name>/<variant>/.
+    """
+    spec = load_experiment(name)
+    runs = Path(runs_root, name)
+    hellaswag = spec.get("hellaswag")
+    if hellaswag and not Path(hellaswag).is_file():
+        raise UserError(f"HellaSwag data {hellaswag} not found: see docs/evaluation.md for where to get it")
+    for variant, base in spec.get("init_from", {}).items():
+        if base not in spec["variants"] and not Path(base).exists():
+            raise UserError(f"variant {variant!r} starts from {base}, which does not exist: train or fetch it first")
+    for arguments in spec.get("prepare", []):
+        if (Path(arguments["out"]) / "manifest.json").is_file():
+            print(f"{arguments['out']}: already prepared")
+        else:
+            lm_command("prepare", *flags(arguments))
+    for variant in spec["variants"]:
+        run_dir, base = runs / variant, base_checkpoint(spec, variant, runs)
+        if is_finished(run_dir):
+            print(f"{run_dir}: finished, skipped (delete it to run it again)")
+        else:
+            lm_command(*fit_args(spec, variant, run_dir, base))
+        if hellaswag:
+            score_hellaswag(hellaswag, str(run_dir / "checkpoints" / "best.ckpt"), run_dir / "hellaswag.json")
+            if base:
+                score_hellaswag(hellaswag, base, run_dir / "hellaswag_base.json")
+    report(name, runs_root)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.1f} h"
+
+
+def commit(summary: dict) -> str:
+    sha = summary.get("git_commit")
+    return f"{sha[:8]}{'+dirty' if summary.get('git_dirty') else ''}" if sha else "?"
+
+
+def environment(summary: dict) -> str:
+    versions = ", ".join(f"{name} {number}" for name, number in summary["versions"].items())
+    return f"{versions} on {summary['device']}"
+
+
+def result_row(variant: str, run_dir: Path, with_hellaswag: bool, with_base: bool) -> list[str]:
+    """One table row from a run's run_summary.json (and hellaswag*.json)."""
+    summary = read_json(run_dir / "run_summary.json")
+    if summary is None:
+        return [variant, "not run"]
+    best = summary.get("best_val") or {}
+    tokens_per_sec = summary.get("mean_tokens_per_sec")
+    row = [
+        variant if summary["finished"] else f"{variant} (unfinished)",
+        f"{summary['params']:,}",
+        f"{summary['tokens_seen']:,}",
+        f"{best['val/loss']:.4f}" if best else "-",
+        f"{best['val/bpb']:.4f}" if best.get("val/bpb") is not None else "-",
+        f"{best['step']}" if best else "-",
+        f"{tokens_per_sec:,.0f}" if tokens_per_sec else "-",
+        duration(summary["wall_time_s"]),
+        commit(summary),
+    ]
+    for wanted, file in ((with_hellaswag, "hellaswag.json"), (with_base, "hellaswag_base.json")):
+        if wanted:
+            scores = read_json(run_dir / file)
+            row.append(f"{scores['acc_norm']:.2%} (n={scores['n']})" if scores else "-")
+    return row
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def report(name: str, runs_root: str = "runs") -> None:
+    """Write experiments/<name>/results.md (a table of the variants) and results.png (curves against tokens).
+
+    Args:
+        name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
+        runs_root: Variants ran in <runs_root>/<name>/<variant>/.
+    """
+    spec = load_experiment(name)
+    runs, out = Path(runs_root, name), EXPERIMENTS / name
+    with_hellaswag, with_base = bool(spec.get("hellaswag")), bool(spec.get("hellaswag") and spec.get("init_from"))
+    header = ["variant", "params", "tokens", "best val loss", "val bpb", "at step", "tokens/s", "wall time", "commit"]
+    header += ["HellaSwag acc_norm"] * with_hellaswag + ["HellaSwag of its base"] * with_base
+    rows = [result_row(variant, runs / variant, with_hellaswag, with_base) for variant in spec["variants"]]
+    summaries = [read_json(runs / variant / "run_summary.json") or {} for variant in spec["variants"]]
+    environments = sorted({environment(s) for s in summaries if s.get("versions")})
+    lines = [f"# {name}", "", spec.get("question", "").strip(), "", markdown_table(header, rows), ""]
+    lines += [f"Ran with {line}." for line in environments]
+    plotted = [str(runs / variant) for variant in spec["variants"] if (runs / variant / "metrics.jsonl").is_file()]
+    if plotted:
+        plot(plotted, out=str(out / "results.png"))
+        lines += ["", "![train loss, val loss, learning rate and throughput against tokens](results.png)"]
+    lines += ["", f"Written by `python -m lm experiment report {name}` from {runs}/*/run_summary.json."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'results.md'}")
+
+
+def main(argv: list[str]) -> None:
+    CLI([run, report], args=argv)

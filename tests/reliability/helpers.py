@@ -1,0 +1,81 @@
+"""Running `python -m lm` in a child process (to kill it), and reading what a run left behind."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_config(tmp_path: Path, corpus: str, name: str, **overrides) -> tuple[str, Path]:
+    """(config path, run dir) of a 12-step tiny run: validation every 6 steps, a checkpoint every 3."""
+    run = tmp_path / name
+    settings = {"trainer.max_steps": 12, "trainer.val_check_interval": 6, "data.batch_size": 2, **overrides}
+    config = write_config(tmp_path / f"{name}.yaml", corpus, run, **settings)
+    return config, run
+
+
+PERIODIC = ["--periodic_checkpoint.every_n_train_steps", "3"]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tokenizer" / "tiktoken_cache"))
+    return env
+
+
+def start(args: list[str], log: Path, script: str | None = None, **env: str) -> subprocess.Popen:
+    """`python -m lm ARGS` (or `python SCRIPT ARGS`) in the background, output to `log`."""
+    command = [sys.executable, script] if script else [sys.executable, "-m", "lm"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command + args, cwd=ROOT, env={**child_env(), **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def wait_until(condition, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (code {process.returncode}) too early:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out:\n{log.read_text()[-3000:]}")
+        time.sleep(0.01)
+
+
+def train_lines(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    text = path.read_text() if path.is_file() else ""
+    lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]  # complete lines only
+    return [line for line in lines if "train/loss" in line]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Step -> train/loss; a step replayed after a resume counts with its latest value."""
+    return {line["step"]: line["train/loss"] for line in train_lines(run)}
+
+
+def last_step(run: Path) -> int:
+    lines = train_lines(run)
+    return lines[-1]["step"] if lines else 0
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Every step's loss and the final weights are exactly those of the reference run."""
+    assert losses(run) == losses(reference)
+    mine, theirs = weights(run / "checkpoints" / "last.ckpt"), weights(reference / "checkpoints" / "last.ckpt")
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        assert torch.equal(mine[name], theirs[name]), name

@@ -1,0 +1,90 @@
+"""Non-finite steps are skipped on the device (weights and AdamW state untouched), counted, and K in a row stop."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lm.callbacks.checkpointing import AtomicCheckpointIO
+from lm.callbacks.nonfinite import NonFiniteGuard
+from lm.checkpoint import load_checkpoint
+from lm.data.datamodule import TokenDataModule
+from lm.errors import UserError
+from lm.module import LanguageModel
+from tests.conftest import tiny_config
+
+
+class PoisonedModel(LanguageModel):
+    """A NaN loss at the given optimizer steps (0-based global_step before the step)."""
+
+    def __init__(self, bad_steps: set[int], **kwargs):
+        super().__init__(**kwargs)
+        self.bad_steps = bad_steps
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * math.nan if self.global_step in self.bad_steps else loss
+
+
+def flat(state_dict: dict) -> torch.Tensor:
+    """All of the model's weights in one vector."""
+    return torch.cat([v.flatten() for k, v in state_dict.items() if k.startswith("model.")])
+
+
+class WeightRecorder(L.Callback):
+    """The flattened weights after every optimizer step."""
+
+    def __init__(self):
+        self.after = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after.append(flat(pl_module.state_dict()).clone())
+
+
+def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, **trainer_args):
+    model = PoisonedModel(bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+    data = TokenDataModule(corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
+    recorder = WeightRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[NonFiniteGuard(max_consecutive), recorder, *trainer_args.pop("callbacks", [])],
+        **trainer_args,
+    )
+    return trainer, model, recorder, lambda: trainer.fit(model, data)
+
+
+def test_a_nan_step_is_skipped_and_counted(text_corpus, tmp_path):
+    trainer, model, recorder, run = fit(text_corpus, tmp_path, bad_steps={2}, enable_checkpointing=False)
+    run()
+    weights = recorder.after
+    assert torch.equal(weights[2], weights[1])  # step 3 (global_step 2 -> 3) changed nothing
+    assert all(not torch.equal(weights[i], weights[i - 1]) for i in (1, 3, 4))
+    assert torch.isfinite(weights[-1]).all()
+    optimizer = trainer.optimizers[0]
+    assert all(int(state["step"]) == 4 for state in optimizer.state.values())  # AdamW's own count skipped it too
+    assert trainer.callback_metrics["train/skipped_steps"].item() == 1
+    assert torch.isfinite(trainer.callback_metrics["train/grad_norm"])
+
+
+def test_k_bad_steps_in_a_row_stop_and_keep_the_last_good_checkpoint(text_corpus, tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1, save_last=True)
+    trainer, model, recorder, run = fit(
+        text_corpus, tmp_path, bad_steps=set(range(2, 100)), max_steps=20, callbacks=[checkpoint]
+    )
+    with pytest.raises(UserError, match="3 optimizer steps in a row .by step 5. had a non-finite loss"):
+        run()
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 4  # nothing saved at the step that stopped the run
+    saved = flat(last["state_dict"])
+    assert torch.isfinite(saved).all()
+    assert torch.equal(saved, recorder.after[1])  # the weights of the last good step (2)

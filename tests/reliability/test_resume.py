@@ -1,0 +1,94 @@
+"""Kill -9 and preemption: a resumed run ends exactly where an uninterrupted one does (losses and weights)."""
+
+import random
+import signal
+
+import pytest
+import torch
+
+from lm.callbacks.preemption import EXIT_PREEMPTED
+from lm.checkpoint import load_checkpoint
+from lm.cli import main
+from tests.reliability.helpers import (
+    PERIODIC,
+    ROOT,
+    assert_same_run,
+    last_step,
+    run_config,
+    start,
+    train_lines,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module")
+def reference(text_corpus, tmp_path_factory):
+    """The uninterrupted run that every interrupted one must reproduce."""
+    config, run = run_config(tmp_path_factory.mktemp("reference"), text_corpus, "run")
+    main(["fit", "--config", config, *PERIODIC])
+    return run
+
+
+def resume(config: str, run, *extra: str) -> int:
+    """Continue the run with --ckpt_path last; the step it restarted from (checked against last.ckpt)."""
+    restart = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    before = len(train_lines(run))
+    main(["fit", "--config", config, *extra, "--ckpt_path", "last"])
+    assert train_lines(run)[before]["step"] == restart + 1  # Lightning resolved "last" to checkpoints/last.ckpt
+    return restart
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(reference, text_corpus, tmp_path):
+    config, run = run_config(tmp_path, text_corpus, "run")
+    target = random.randint(4, 9)  # a random step after the first checkpoint (step 3)
+    process = start(["fit", "--config", config, *PERIODIC], tmp_path / "fit.log")
+    wait_until(lambda: last_step(run) >= target, process, tmp_path / "fit.log")
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    killed_at = last_step(run)
+
+    restart = resume(config, run, *PERIODIC)
+    assert 3 <= restart <= killed_at, (target, killed_at, restart)
+    assert_same_run(run, reference)
+
+
+def test_sigterm_saves_last_and_exits_75_then_resumes(reference, text_corpus, tmp_path):
+    config, run = run_config(tmp_path, text_corpus, "run")  # no periodic checkpoints: last.ckpt is the handler's
+    process = start(["fit", "--config", config], tmp_path / "fit.log")
+    wait_until(lambda: last_step(run) >= 7, process, tmp_path / "fit.log")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == EXIT_PREEMPTED, (tmp_path / "fit.log").read_text()[-3000:]
+    stopped_at = last_step(run)
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == stopped_at > 6
+
+    assert resume(config, run) == stopped_at
+    assert_same_run(run, reference)
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_keeps_previous_last(reference, text_corpus, tmp_path):
+    config, run = run_config(tmp_path, text_corpus, "run")
+    log = tmp_path / "fit.log"
+    # Saves: step-3, last (step 3), step-6, then last.ckpt at step 6 stalls halfway.
+    script = str(ROOT / "tests" / "reliability" / "stall_save.py")
+    process = start(["fit", "--config", config, *PERIODIC], log, script=script, STALL_SAVE="4")
+    wait_until(lambda: "STALLED" in log.read_text(), process, log)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run / "checkpoints" / "last.ckpt.tmp").is_file()
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+    assert resume(config, run, *PERIODIC) == 3
+    assert_same_run(run, reference)
+
+
+@pytest.mark.slow
+def test_sigusr1_acts_as_sigterm_outside_slurm(reference, text_corpus, tmp_path):
+    config, run = run_config(tmp_path, text_corpus, "run")
+    process = start(["fit", "--config", config], tmp_path / "fit.log")
+    wait_until(lambda: last_step(run) >= 2, process, tmp_path / "fit.log")
+    process.send_signal(signal.SIGUSR1)
+    assert process.wait(timeout=120) == EXIT_PREEMPTED
+    stopped_at = last_step(run)
+    assert resume(config, run) == stopped_at
+    assert_same_run(run, reference)
