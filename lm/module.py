@@ -176,12 +176,7 @@ class LanguageModel(L.LightningModule):
                 f"data.seq_len ({data.seq_len}) is larger than the model's context "
                 f"(model.config.block_size = {self.config.block_size})"
             )
-        vocab = getattr(data, "vocab_size", None)
-        if vocab is not None and vocab > self.config.vocab_size:
-            raise UserError(
-                f"the data's tokenizer has {vocab} tokens but the model's vocabulary only "
-                f"{self.config.vocab_size} (model.config.vocab_size)"
-            )
+        data.check_model_vocab(self.config.vocab_size)  # names the manifest whose tokenizer does not fit
 
     def _resolve_accumulation(self, data):
         if self.hparams.batch_tokens is None:
@@ -239,7 +234,9 @@ class LanguageModel(L.LightningModule):
 
     def on_validation_epoch_end(self):
         for name, metric in self.val_metrics.items():
-            if metric.update_called:
+            # Decided by config, not by `update_called`: compute() is a collective sum, so every rank takes part,
+            # even one whose share of the val batches was empty (else the others wait for it forever).
+            if name == "all" or len(self.val_metrics) > 2:
                 prefix = "val" if name == "all" else f"val/{name}"
                 for key, value in metric.compute().items():
                     self.log(
@@ -252,10 +249,21 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict):
         checkpoint["tokens_seen"] = self.global_step * self.tokens_per_step
+        checkpoint["tokens_per_step"] = self.tokens_per_step
         checkpoint["lineage"] = self.lineage
 
     def on_load_checkpoint(self, checkpoint: dict):
         self.lineage = checkpoint.get("lineage", self.lineage)
+        saved = checkpoint.get("tokens_per_step")
+        # Resuming fit (tokens_per_step is set) on another world size is fine as long as the global batch is kept.
+        if self.tokens_per_step and saved and saved != self.tokens_per_step:
+            raise UserError(
+                f"the checkpoint was trained with {saved:,} tokens per optimizer step, this run would make "
+                f"{self.tokens_per_step:,} (data.batch_size × data.seq_len × accumulation × world size "
+                f"{self.trainer.world_size}); schedule, budget and data position assume one global batch: set "
+                f"model.batch_tokens={saved} so accumulation adapts to this world size, or start a new run from "
+                "these weights with model.init_from"
+            )
 
     # ---- optimizer and schedule ----------------------------------------------------------------------
 

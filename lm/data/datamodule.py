@@ -156,8 +156,8 @@ class TokenDataModule(LightningDataModule):
         per_step = self.batch_size * world
         if self.consumed_samples % per_step:
             rank_zero_warn(f"resumed at sample {self.consumed_samples}, not a multiple of batch_size x world_size")
-        self.train_batches = TrainBatches(self.train_windows, self.mixture, self.batch_size, 0, rank, world)
-        self.train_batches.start_step = -(-self.consumed_samples // per_step)
+        start = -(-self.consumed_samples // per_step)
+        self.train_batches = TrainBatches(self.train_windows, self.mixture, self.batch_size, start, rank, world)
         return self._loader(self.train_batches, self.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -6,7 +6,7 @@ bytes and xxh3 checksum). Design choices:
 
 - Each document is *preceded* by EOT (50256), so a split reads `EOT doc0 EOT doc1 ...`; the model always sees a
   document's first token predicted from EOT. Literal "<|endoftext|>" inside text is ordinary text
-  (`encode_ordinary_batch`), never id 50256.
+  (`encode_ordinary`), never id 50256.
 - Document i goes to val iff splitmix64(seed, i) / 2^64 < val_fraction: deterministic, order-independent.
 - Tokenization runs in `datasets.Dataset.map(batched=True, num_proc=N)`, one tiktoken thread per process, over
   chunks of `chunk_docs` documents so a `--max_tokens` budget stops early and streaming sources work too.
@@ -211,7 +211,10 @@ def doc_chunks(ds, chunk_docs: int):
 def tokenize(batch: pa.Table, indices: list[int], first_doc: int, seed: int, val_fraction: float) -> pa.Table:
     """Documents -> EOT-prefixed uint16 token lists, their UTF-8 byte counts and their split."""
     texts = [text or "" for text in batch.column("text").to_pylist()]
-    ids = list(map(get_encoding().encode_ordinary, texts))
+    # Parallelism comes from Dataset.map(num_proc). Inside a process, tiktoken's batch encoder would add a
+    # thread-pool task per document (~40 µs), which halves throughput on short documents; encode directly.
+    encode = get_encoding().encode_ordinary
+    ids = [encode(text) for text in texts]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=DTYPE, count=int(lengths.sum()))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

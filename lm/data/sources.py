@@ -149,8 +149,11 @@ def python_docstrings() -> tuple[str, ...]:
     same on every run with the same Python. Tests and installed packages are skipped. Cached: parsing the
     stdlib takes a few seconds.
     """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(root).parts))
+    files = []
+    for folder, subfolders, names in os.walk(sysconfig.get_paths()["stdlib"]):
+        subfolders[:] = [d for d in subfolders if d not in SKIP_DIRS]  # prune: site-packages can be huge
+        files += [Path(folder, name) for name in names if name.endswith(".py")]
+    files.sort()
     docs = []
     for file in files:
         try:
