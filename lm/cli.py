@@ -10,10 +10,11 @@ from argparse import ArgumentError
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lm.callbacks.checkpointing import Checkpoint
 from lm.callbacks.nonfinite import NonFiniteGuard
 from lm.callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
 from lm.checkpoint import load_checkpoint
@@ -34,9 +35,9 @@ class LMCLI(LightningCLI):
     """Adds the run-directory conventions: everything a run writes lives under trainer.default_root_dir."""
 
     def add_arguments_to_parser(self, parser):
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         # Off unless every_n_train_steps > 0: step-<N>.ckpt every N steps (newest save_top_k kept), and last.ckpt.
-        parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "periodic_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_argument(
             "--overwrite",

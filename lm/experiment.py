@@ -86,6 +86,7 @@ def base_checkpoint(spec: dict, variant: str, runs: Path) -> str | None:
 
 
 def fit_args(spec: dict, variant: str, run_dir: Path, base: str | None) -> list[str]:
+    """`python -m lm fit` arguments of a variant: the shared configs, its own configs and flags, its base, its run."""
     args = ["fit"]
     for item in [*spec.get("configs", []), *spec["variants"][variant]]:
         args += [item] if item.startswith("--") else ["--config", item]

@@ -176,7 +176,8 @@ class LanguageModel(L.LightningModule):
                 f"data.seq_len ({data.seq_len}) is larger than the model's context "
                 f"(model.config.block_size = {self.config.block_size})"
             )
-        data.check_model_vocab(self.config.vocab_size)  # names the manifest whose tokenizer does not fit
+        if hasattr(data, "check_model_vocab"):  # TokenDataModule: names the manifest whose tokenizer does not fit
+            data.check_model_vocab(self.config.vocab_size)
 
     def _resolve_accumulation(self, data):
         if self.hparams.batch_tokens is None:

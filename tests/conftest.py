@@ -25,7 +25,14 @@ def block(request) -> str:
 
 def stdlib_docs() -> list[str]:
     """Real English prose for end-to-end tests: docstrings of a few standard-library modules."""
-    import argparse, collections, functools, inspect, json, pathlib, subprocess, typing  # noqa: E401
+    import argparse  # noqa: E401
+    import collections
+    import functools
+    import inspect
+    import json
+    import pathlib
+    import subprocess
+    import typing
 
     docs = []
     for module in (argparse, collections, functools, json, pathlib, subprocess, typing):
@@ -45,8 +52,9 @@ def text_corpus(tmp_path_factory) -> str:
     with open(root / "docs.jsonl", "w") as f:
         for doc in stdlib_docs():
             f.write(json.dumps({"text": doc}) + "\n")
-    return str(prepare(source="local", out=str(root / "prepared"), path=str(root / "docs.jsonl"), val_fraction=0.1,
-                       num_proc=1))
+    return str(
+        prepare(source="local", out=str(root / "prepared"), path=str(root / "docs.jsonl"), val_fraction=0.1, num_proc=1)
+    )
 
 
 def write_config(path, data_dir: str, run_dir, **overrides) -> str:
@@ -55,11 +63,24 @@ def write_config(path, data_dir: str, run_dir, **overrides) -> str:
 
     config = {
         "seed_everything": 0,
-        "trainer": {"default_root_dir": str(run_dir), "accelerator": "cpu", "devices": 1, "max_steps": 6,
-                    "val_check_interval": 3, "check_val_every_n_epoch": None, "limit_val_batches": 2,
-                    "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        "model": {"config": {"block": "modern", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-                  "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2},
+        "trainer": {
+            "default_root_dir": str(run_dir),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 6,
+            "val_check_interval": 3,
+            "check_val_every_n_epoch": None,
+            "limit_val_batches": 2,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "config": {"block": "modern", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+        },
         "data": {"sources": data_dir, "seq_len": 32, "batch_size": 4, "num_workers": 0, "val_batches": 2},
     }
     for dotted, value in overrides.items():

@@ -69,8 +69,9 @@ def test_config_typo_names_the_key(text_corpus, tmp_path, capsys):
 
 def test_empty_corpus_is_refused(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
-    message = error_line(capsys, ["prepare", "--source", "local", "--path", str(tmp_path / "empty.txt"),
-                                  "--out", str(tmp_path / "out")])
+    message = error_line(
+        capsys, ["prepare", "--source", "local", "--path", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "out")]
+    )
     assert message.startswith("error:") and not (tmp_path / "out").exists()
 
 

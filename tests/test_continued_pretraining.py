@@ -11,7 +11,7 @@ from tests.conftest import write_config
 
 def test_continued_pretraining_starts_fresh_from_base_weights(text_corpus, tmp_path):
     base_run, cpt_run = tmp_path / "base", tmp_path / "cpt"
-    main(["fit", "--config", write_config(tmp_path / "base.yaml", text_corpus, base_run, **{"trainer.max_steps": 6})])
+    main(["fit", "--config", write_config(tmp_path / "base.yaml", text_corpus, base_run, **{"trainer.max_steps": 5})])
     base_ckpt = base_run / "checkpoints" / "last.ckpt"
 
     # The architecture comes from the base: the CPT config states none.
@@ -31,7 +31,7 @@ def test_continued_pretraining_starts_fresh_from_base_weights(text_corpus, tmp_p
     assert ckpt["global_step"] == 3  # counters from zero, not 6 + 3
     assert ckpt["tokens_seen"] == 3 * 4 * 32
     assert ckpt["lineage"]["sha256"] == file_sha256(base_ckpt)
-    assert ckpt["lineage"]["tokens_seen"] == 6 * 4 * 32 and ckpt["lineage"]["global_step"] == 6
+    assert ckpt["lineage"]["tokens_seen"] == 5 * 4 * 32 and ckpt["lineage"]["global_step"] == 5  # final step
     # A fresh optimizer and schedule: Adam's step count and the LR restart with the new warmup.
     adam_state = ckpt["optimizer_states"][0]["state"]
     assert all(int(s["step"]) == 3 for s in adam_state.values())

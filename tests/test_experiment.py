@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lm.cli import main
+from lm.experiment import base_checkpoint, fit_args, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +54,30 @@ def test_smoke_experiment_runs_skips_finished_variants_and_reproduces(workdir, c
 def test_an_unknown_experiment_is_one_line_naming_the_known_ones(workdir):
     with pytest.raises(SystemExit, match="no experiment 'nope'.*known: smoke"):
         main(["experiment", "run", "nope"])
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (ROOT / "experiments").glob("*/experiment.yaml")))
+def test_every_variant_of_every_experiment_parses(name, monkeypatch, capsys):
+    """The configs and flags of each shipped variant compose into a valid fit config (no data or GPU needed)."""
+    monkeypatch.chdir(ROOT)
+    spec = load_experiment(name)
+    runs = Path("runs", name)
+    for variant in spec["variants"]:
+        args = fit_args(spec, variant, runs / variant, base_checkpoint(spec, variant, runs))
+        with pytest.raises(SystemExit) as exit:
+            main([*args, "--print_config"])
+        assert exit.value.code in (None, 0), f"{name}/{variant}: {capsys.readouterr().err}"
+        assert f"default_root_dir: {runs / variant}" in capsys.readouterr().out
+
+
+def test_a_variant_is_a_fit_command_that_continues_an_interrupted_run(tmp_path):
+    spec = {"configs": ["base.yaml"], "variants": {"v": ["more.yaml", "--model.lr=1e-3"]}}
+    run_dir = tmp_path / "v"
+    fresh = ["fit", "--config", "base.yaml", "--config", "more.yaml", "--model.lr=1e-3"]
+    fresh += ["--model.init_from", "b.ckpt", "--trainer.default_root_dir", str(run_dir)]
+    assert fit_args(spec, "v", run_dir, "b.ckpt") == fresh
+    run_dir.mkdir()  # crashed before its first checkpoint
+    assert fit_args(spec, "v", run_dir, "b.ckpt") == [*fresh, "--overwrite", "true"]
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").touch()
+    assert fit_args(spec, "v", run_dir, "b.ckpt") == [*fresh, "--ckpt_path", "last"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lm.checkpoint import load_checkpoint
 from lm.errors import UserError
@@ -55,3 +56,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if weights_only is False:  # the user vouched for this file
             return super().load_checkpoint(path, map_location=map_location, weights_only=False)
         return load_checkpoint(path)
+
+
+class Checkpoint(ModelCheckpoint):
+    """ModelCheckpoint whose last.ckpt always ends at the final step.
+
+    Lightning writes last.ckpt at the end of training only if it never wrote one before, so a run whose
+    max_steps is not a multiple of val_check_interval would keep a last.ckpt from before its final steps.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and self._last_global_step_saved < trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

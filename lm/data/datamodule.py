@@ -116,6 +116,11 @@ class TokenDataModule(LightningDataModule):
             verify_checksums: Checksum every shard at setup (sizes are always checked).
         """
         super().__init__()
+        for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+            if value < 1:
+                raise SystemExit(f"error: data.{name} must be at least 1, got {value}")
+        if num_workers < 0 or val_batches < 0:
+            raise SystemExit("error: data.num_workers and data.val_batches must be ≥ 0")
         self.dirs = {Path(sources).name: sources} if isinstance(sources, str) else dict(sources)
         if not self.dirs:
             raise SystemExit("error: data.sources is empty")

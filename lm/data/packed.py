@@ -47,7 +47,10 @@ def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise SystemExit(f"error: {path} not found; prepare the data first (python -m lm prepare --out {directory})")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: {path} is not valid JSON ({err}); prepare the data again") from None
     tokenizer = manifest.get("tokenizer", {})
     if tokenizer.get("name") != TOKENIZER_NAME or tokenizer.get("hash") != tokenizer_hash():
         theirs = f"'{tokenizer.get('name')}' (hash {str(tokenizer.get('hash'))[:12]})"

@@ -88,7 +88,9 @@ def test_sample_callback_logs_text_on_rank_zero_and_restores_train_mode():
     module = LanguageModel(config=tiny_config(n_layer=1)).train()
     texts = []
     experiment = SimpleNamespace(add_text=lambda tag, text, step: texts.append((tag, text, step)))
-    trainer = SimpleNamespace(global_step=10, is_global_zero=True, loggers=[SimpleNamespace(experiment=experiment)])
+    trainer = SimpleNamespace(
+        global_step=10, is_global_zero=True, strategy=None, loggers=[SimpleNamespace(experiment=experiment)]
+    )
     callback = SampleCallback(prompts=["Hello", "World"], every_n_steps=5, max_new_tokens=4)
     callback.on_train_batch_end(trainer, module, None, None, 0)
     assert module.training

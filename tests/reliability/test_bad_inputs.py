@@ -108,7 +108,6 @@ def test_typo_in_a_config_file(text_corpus, tmp_path):
     assert "trainer.max_step" in error_of(["fit", "--config", config, "--config", str(tmp_path / "typo.yaml")])
 
 
-@pytest.mark.xfail(reason="data layer: TokenDataModule does not validate batch_size yet (ZeroDivisionError)")
 def test_batch_size_zero(text_corpus, tmp_path):
     config, run = run_config(tmp_path, text_corpus, "run")
     assert "batch_size" in error_of(["fit", "--config", config, "--data.batch_size", "0"])

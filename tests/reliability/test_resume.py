@@ -38,9 +38,14 @@ def resume(config: str, run, *extra: str) -> int:
     return restart
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(reference, text_corpus, tmp_path):
+@pytest.mark.parametrize(
+    "first, last",
+    [(4, 9), pytest.param(4, 5, marks=pytest.mark.slow), pytest.param(10, 11, marks=pytest.mark.slow)],
+    ids=["random", "early", "after-validation"],
+)
+def test_kill_9_then_resume_matches_uninterrupted_run(first, last, reference, text_corpus, tmp_path):
     config, run = run_config(tmp_path, text_corpus, "run")
-    target = random.randint(4, 9)  # a random step after the first checkpoint (step 3)
+    target = random.randint(first, last)  # a random step after the first checkpoint (step 3)
     process = start(["fit", "--config", config, *PERIODIC], tmp_path / "fit.log")
     wait_until(lambda: last_step(run) >= target, process, tmp_path / "fit.log")
     process.send_signal(signal.SIGKILL)
