@@ -17,10 +17,9 @@ install: $(STAMP)
 data/python-docs/manifest.json: | $(STAMP)
 	$(LM) prepare --source python-docs --out data/python-docs --val_fraction 0.02
 
-# The demo run is disposable: each `make demo` starts runs/demo afresh.
+# The demo run is disposable: each `make demo` replaces runs/demo (--overwrite true).
 demo: $(STAMP) data/python-docs/manifest.json
-	rm -rf runs/demo
-	$(LM) fit --config configs/demo.yaml
+	$(LM) fit --config configs/demo.yaml --overwrite true
 	$(LM) validate --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
 	$(LM) generate --ckpt_path runs/demo/checkpoints/best.ckpt --prompt "The module" --max_new_tokens 40 --seed 0
 	@echo "run directory: runs/demo (tensorboard --logdir runs)"

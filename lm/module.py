@@ -162,6 +162,10 @@ class LanguageModel(L.LightningModule):
             self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
         if stage == "fit":
             self._resolve_accumulation(data)
+            if isinstance(self.trainer.val_check_interval, int):
+                # In lm an integer val_check_interval counts optimizer steps, whatever the accumulation, so a
+                # config validates at the same steps on any number of GPUs.
+                self.trainer.val_check_interval *= self.trainer.accumulate_grad_batches
             self.tokens_per_step = (
                 data.batch_size * data.seq_len * self.trainer.accumulate_grad_batches * self.trainer.world_size
             )

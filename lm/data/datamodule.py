@@ -75,11 +75,21 @@ class TrainBatches(IterableDataset):
 
 
 class ValBatches(IterableDataset):
-    """The first `num_batches` batches of a val split, in order, split over ranks and workers."""
+    """The first `num_batches` batches of a val split, in order, split over ranks and workers.
+
+    Every rank runs the same number of batches (the count is rounded down to a multiple of the world size):
+    under DDP and FSDP each forward pass is a collective, and a rank with one batch more would wait forever.
+    """
 
     def __init__(self, windows: PackedWindows, batch_size: int, num_batches: int, rank: int, world_size: int):
         self.windows, self.batch_size, self.rank, self.world_size = windows, batch_size, rank, world_size
-        self.num_batches = min(num_batches, -(-len(windows) // batch_size))
+        available = min(num_batches, -(-len(windows) // batch_size))
+        self.num_batches = available - available % world_size
+        if not self.num_batches:
+            raise SystemExit(
+                f"error: the val split of {windows.directory} has {available} batch(es) for {world_size} ranks; "
+                "raise data.val_batches (or prepare with a larger --val_fraction)"
+            )
 
     def __iter__(self):
         worker, workers = worker_shard()

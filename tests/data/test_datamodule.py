@@ -193,7 +193,7 @@ class Recorder(Tiny):
 
 @pytest.mark.slow
 def test_two_process_gloo_ranks_split_one_stream(blend, tmp_path):
-    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=1, val_batches=1)
+    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=1, val_batches=2)
     trainer = Trainer(
         accelerator="cpu",
         devices=2,

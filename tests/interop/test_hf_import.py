@@ -61,7 +61,7 @@ def test_continued_pretraining_starts_from_hf_weights(tmp_path):
     hf_model = tiny_llama()
     hf_model.save_pretrained(tmp_path)
     module = LanguageModel(init_from=str(tmp_path))
-    assert module.hparams.lineage["path"] == str(tmp_path.resolve())
+    assert module.lineage["path"] == str(tmp_path.resolve())
     with torch.no_grad():
         assert (module.model(IDS) - hf_logits(hf_model, IDS)).abs().max() <= 1e-4
 

@@ -1,4 +1,4 @@
-"""Test-only helpers that run inside the `python -m lm fit` processes the distributed tests launch."""
+"""Test-only plugins for the `python -m lm fit` processes that the distributed tests launch (named in their YAML)."""
 
 import json
 from pathlib import Path
