@@ -81,3 +81,18 @@ def test_bad_optimisation_settings(bad):
 def test_no_architecture_is_an_error():
     with pytest.raises(UserError, match="model.config"):
         LanguageModel()
+
+
+def test_token_byte_lengths_add_up_to_the_manifest_bytes(text_corpus):
+    """bpb's denominator: bytes per target token, summed, is exactly the UTF-8 size of the source text."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from lm.data.tokenizer import token_byte_lengths
+
+    manifest = json.loads((Path(text_corpus) / "manifest.json").read_text())
+    for split, info in manifest["splits"].items():
+        tokens = np.concatenate([np.fromfile(Path(text_corpus) / s["file"], dtype=np.uint16) for s in info["shards"]])
+        assert token_byte_lengths()[tokens].sum() == info["bytes"], split
