@@ -73,13 +73,13 @@ def runs(text_corpus, tmp_path_factory):
     """A 2-process DDP run (4 steps) and its 1-process reference (6 steps, checkpoint at step 4)."""
     tmp = tmp_path_factory.mktemp("ddp")
     ddp = fit(tmp, text_corpus, "ddp", *two_processes(), **{"trainer.val_check_interval": 2})
-    single = fit(  # accumulation 2: val_check_interval counts micro-batches, 4 = every 2 optimizer steps
+    single = fit(  # accumulation 2; val_check_interval counts optimizer steps whatever the accumulation
         tmp,
         text_corpus,
         "single",
         "--periodic_checkpoint.every_n_train_steps",
         "4",
-        **{"trainer.max_steps": 6, "trainer.val_check_interval": 4},
+        **{"trainer.max_steps": 6, "trainer.val_check_interval": 2},
     )
     return tmp, ddp, single
 
