@@ -21,7 +21,7 @@ data/python-docs/manifest.json: | $(STAMP)
 demo: $(STAMP) data/python-docs/manifest.json
 	$(LM) fit --config configs/demo.yaml --overwrite true
 	$(LM) validate --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
-	$(LM) generate --ckpt_path runs/demo/checkpoints/best.ckpt --prompt "The module" --max_new_tokens 40 --seed 0
+	$(LM) generate --ckpt_path runs/demo/checkpoints/best.ckpt --prompt "The module" --max_new_tokens 60 --seed 0
 	@echo "run directory: runs/demo (tensorboard --logdir runs)"
 
 # Continued pretraining from a base checkpoint (or HF directory): make cpt BASE=runs/base/checkpoints/best.ckpt

@@ -35,7 +35,7 @@ def test_demo_learns_and_samples_words(tmp_path):
             "--prompt",
             "The module",
             "--max_new_tokens",
-            "40",
+            "60",
             "--seed",
             "0",
         ],
