@@ -174,7 +174,7 @@ class LanguageModel(L.LightningModule):
             self.model.compile()
 
     def check_data(self, data):
-        """One-line errors for data the model cannot take; lm.cli also calls it before the run directory is touched."""
+        """One-line errors for data the model cannot take; lm.train calls it before the run directory is touched."""
         if data.seq_len > self.config.block_size:
             raise UserError(
                 f"data.seq_len ({data.seq_len}) is larger than the model's context "

@@ -2,7 +2,7 @@
 
 Lightning already turns SIGTERM into a `SIGTERMException` at the end of the current step (after the optimizer
 step and any validation due then), a clean step boundary; this callback saves that state as last.ckpt, where
-`--ckpt_path last` finds it, and `lm.cli` exits with EXIT_PREEMPTED = 75 (sysexits' EX_TEMPFAIL, "try again
+`--ckpt_path last` finds it, and `lm.train` exits with EXIT_PREEMPTED = 75 (sysexits' EX_TEMPFAIL, "try again
 later"), which a job script can tell apart from a failure (1) or a kill (128 + signal).
 
 SIGUSR1: under SLURM with auto-requeue (Lightning's SLURMEnvironment default) Lightning owns SIGUSR1: it saves
