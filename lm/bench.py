@@ -22,7 +22,6 @@ import dataclasses
 import gc
 import json
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
-from lm.callbacks.throughput import peak_flops
+from lm.callbacks.throughput import peak_flops, synchronized_time
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
 from lm.module import LanguageModel
@@ -152,12 +151,6 @@ def reference_adamw(model: nn.Module, s: Settings, device: torch.device) -> torc
 # ---- timing --------------------------------------------------------------------------------------------
 
 
-def now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def synthetic_batches(n: int, s: Settings, pin: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`n` (input, target) batches of uniformly random tokens, pinned for asynchronous copies when `pin`."""
     tokens = torch.randint(
@@ -170,10 +163,10 @@ def synthetic_batches(n: int, s: Settings, pin: bool) -> list[tuple[torch.Tensor
 def train_plain(model, optimizer, batches, s: Settings, device: torch.device, warmup: int) -> tuple[float, float]:
     """Seconds of the `warmup` first steps and seconds per later step of a plain PyTorch training loop."""
     model.train()
-    start = now(device)
+    start = synchronized_time(device)
     for i, (x, y) in enumerate(batches):
         if i == warmup:
-            timed = now(device)
+            timed = synchronized_time(device)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=s.precision == "bf16-mixed"):
             loss = model(x, y)
@@ -182,7 +175,7 @@ def train_plain(model, optimizer, batches, s: Settings, device: torch.device, wa
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.gradient_clip_val)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    end = now(device)
+    end = synchronized_time(device)
     return timed - start, (end - timed) / (len(batches) - warmup)
 
 
@@ -209,11 +202,11 @@ class StepTimer(L.Callback):
         self.syncs: int | None = None
 
     def on_train_start(self, trainer, pl_module):
-        self.start = now(pl_module.device)
+        self.start = synchronized_time(pl_module.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.timed = now(pl_module.device)
+            self.timed = synchronized_time(pl_module.device)
             if pl_module.device.type == "cuda":
                 self.catcher = warnings.catch_warnings(record=True)
                 self.records = self.catcher.__enter__()
@@ -226,7 +219,7 @@ class StepTimer(L.Callback):
                 torch.cuda.set_sync_debug_mode("default")
                 self.catcher.__exit__(None, None, None)
                 self.syncs = sum("synchronizing CUDA operation" in str(r.message) for r in self.records)
-            self.end = now(pl_module.device)
+            self.end = synchronized_time(pl_module.device)
 
 
 def train_lightning(s: Settings, batches, device: torch.device, warmup: int) -> tuple[float, float, int | None, int]:

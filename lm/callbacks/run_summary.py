@@ -14,7 +14,6 @@ Rank 0 writes; the state needed to continue the summary (best, wall time) is sav
 """
 
 import json
-import os
 import platform
 import subprocess
 import time
@@ -25,6 +24,7 @@ import lightning as L
 import torch
 
 from lm.callbacks.samples import SampleCallback
+from lm.files import write_atomic
 
 
 def scalars(metrics: dict, keep) -> dict[str, float]:
@@ -38,12 +38,6 @@ def scalars(metrics: dict, keep) -> dict[str, float]:
 
 def is_eval_metric(name: str) -> bool:
     return name.startswith(("val/", "eval/"))
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def git_state() -> dict:
@@ -158,19 +152,17 @@ class RunSummaryCallback(L.Callback):
         samples = next((cb.samples for cb in trainer.callbacks if isinstance(cb, SampleCallback)), [])
         total, count = self.throughput
         config = self.run_dir / "config.yaml"
-        write_json_atomic(
-            self.run_dir / "run_summary.json",
-            {
-                "finished": finished,
-                "step": trainer.global_step,
-                "tokens_seen": trainer.global_step * pl_module.tokens_per_step,
-                "params": pl_module.model.num_params(),
-                "best_val": self.best,
-                "wall_time_s": round(self.wall_time(), 1),
-                "mean_tokens_per_sec": total / count if count else None,
-                "lineage": pl_module.lineage,
-                "final_samples": samples,
-                "config": str(config) if config.is_file() else None,
-                **self.provenance,
-            },
-        )
+        summary = {
+            "finished": finished,
+            "step": trainer.global_step,
+            "tokens_seen": trainer.global_step * pl_module.tokens_per_step,
+            "params": pl_module.model.num_params(),
+            "best_val": self.best,
+            "wall_time_s": round(self.wall_time(), 1),
+            "mean_tokens_per_sec": total / count if count else None,
+            "lineage": pl_module.lineage,
+            "final_samples": samples,
+            "config": str(config) if config.is_file() else None,
+            **self.provenance,
+        }
+        write_atomic(self.run_dir / "run_summary.json", (json.dumps(summary, indent=2) + "\n").encode())

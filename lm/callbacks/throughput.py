@@ -35,6 +35,13 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
+def synchronized_time(device: torch.device) -> float:
+    """The clock, once the device has finished its queued work (only ever called at interval boundaries)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class ThroughputCallback(L.Callback):
     """Logs perf/tokens_per_sec, perf/mfu (known GPUs) and perf/max_memory_gb (CUDA) at each logging step."""
 
@@ -43,13 +50,13 @@ class ThroughputCallback(L.Callback):
         device = pl_module.device
         peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
         self.peak_flops = peak * trainer.world_size if peak else None
-        self.step0, self.t0 = trainer.global_step, self._now(device)
+        self.step0, self.t0 = trainer.global_step, synchronized_time(device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step == self.step0 or step % trainer.log_every_n_steps:
             return
-        now = self._now(pl_module.device)
+        now = synchronized_time(pl_module.device)
         tokens_per_sec = (step - self.step0) * pl_module.tokens_per_step / (now - self.t0)
         metrics = {"perf/tokens_per_sec": tokens_per_sec}
         if self.peak_flops:
@@ -61,14 +68,8 @@ class ThroughputCallback(L.Callback):
 
     def on_validation_start(self, trainer, pl_module):
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self.validation_start = self._now(pl_module.device)
+            self.validation_start = synchronized_time(pl_module.device)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self.t0 += self._now(pl_module.device) - self.validation_start
-
-    @staticmethod
-    def _now(device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
+            self.t0 += synchronized_time(pl_module.device) - self.validation_start

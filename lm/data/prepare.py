@@ -35,6 +35,7 @@ from tqdm import tqdm
 from lm.data.packed import DTYPE, MANIFEST, tokenizer_hash
 from lm.data.sources import load_source
 from lm.data.tokenizer import EOT, TOKENIZER_NAME, get_encoding
+from lm.files import write_atomic
 
 FEATURES = datasets.Features(
     {
@@ -285,13 +286,6 @@ class ShardWriter:
             }
         )
         self.doc_starts, self.doc_bytes = self.doc_starts[~starting_here] - count, self.doc_bytes[~starting_here]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename, so `path` is either absent or complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
