@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lm.data.mixture import Mixture, Schedule
 from lm.data.packed import PackedWindows, check_vocab, read_manifest
+from lm.errors import UserError
 
 
 def worker_shard() -> tuple[int, int]:
@@ -86,8 +87,8 @@ class ValBatches(IterableDataset):
         available = min(num_batches, -(-len(windows) // batch_size))
         self.num_batches = available - available % world_size
         if not self.num_batches:
-            raise SystemExit(
-                f"error: the val split of {windows.directory} has {available} batch(es) for {world_size} ranks; "
+            raise UserError(
+                f"the val split of {windows.directory} has {available} batch(es) for {world_size} ranks; "
                 "raise data.val_batches (or prepare with a larger --val_fraction)"
             )
 
@@ -128,12 +129,12 @@ class TokenDataModule(LightningDataModule):
         super().__init__()
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if value < 1:
-                raise SystemExit(f"error: data.{name} must be at least 1, got {value}")
+                raise UserError(f"data.{name} must be at least 1, got {value}")
         if num_workers < 0 or val_batches < 0:
-            raise SystemExit("error: data.num_workers and data.val_batches must be ≥ 0")
+            raise UserError("data.num_workers and data.val_batches must be ≥ 0")
         self.dirs = {Path(sources).name: sources} if isinstance(sources, str) else dict(sources)
         if not self.dirs:
-            raise SystemExit("error: data.sources is empty")
+            raise UserError("data.sources is empty")
         self.source_names = list(self.dirs)
         self.vocab_size = max(read_manifest(d)["tokenizer"]["vocab_size"] for d in self.dirs.values())
         self.weights, self.schedule, self.seed = weights, schedule, seed

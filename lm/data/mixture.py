@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lm.errors import UserError
+
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio
 CHUNK = 1 << 20  # samples per vectorised counting step
 
@@ -41,16 +43,16 @@ def normalized(weights: dict[str, float], names: list[str], key: str) -> np.ndar
     """Weights in the order of `names`, summing to 1; one-line errors naming the offending key."""
     unknown = set(weights) - set(names)
     if unknown:
-        raise SystemExit(f"error: {key} names unknown source '{sorted(unknown)[0]}' (sources: {', '.join(names)})")
+        raise UserError(f"{key} names unknown source '{sorted(unknown)[0]}' (sources: {', '.join(names)})")
     missing = [name for name in names if name not in weights]
     if missing:
-        raise SystemExit(f"error: {key} has no weight for source '{missing[0]}' (give it 0 to leave it out)")
+        raise UserError(f"{key} has no weight for source '{missing[0]}' (give it 0 to leave it out)")
     for name in names:
         if not np.isfinite(weights[name]) or weights[name] < 0:
-            raise SystemExit(f"error: {key}['{name}'] = {weights[name]} must be a finite number >= 0")
+            raise UserError(f"{key}['{name}'] = {weights[name]} must be a finite number >= 0")
     values = np.array([weights[name] for name in names], dtype=np.float64)
     if values.sum() <= 0:
-        raise SystemExit(f"error: {key} must sum to a positive number, got {values.sum()}")
+        raise UserError(f"{key} must sum to a positive number, got {values.sum()}")
     return values / values.sum()
 
 
@@ -68,14 +70,14 @@ class Mixture:
         self.names = list(windows)
         for name, count in windows.items():
             if count <= 0:
-                raise SystemExit(f"error: source '{name}' has no windows")
+                raise UserError(f"source '{name}' has no windows")
         self.sizes = np.array([windows[name] for name in self.names], dtype=np.int64)
         self.start = normalized(
             weights if weights is not None else dict.fromkeys(self.names, 1.0), self.names, "weights"
         )
         self.end = self.start if schedule is None else normalized(schedule.weights, self.names, "schedule.weights")
         if schedule is not None and not 0 <= schedule.start_tokens <= schedule.end_tokens:
-            raise SystemExit("error: schedule needs 0 <= start_tokens <= end_tokens")
+            raise UserError("schedule needs 0 <= start_tokens <= end_tokens")
         self.schedule, self.seed, self.seq_len = schedule, seed, seq_len
         self.offset = np.uint64(int.from_bytes(np.random.default_rng(seed).bytes(8), "little"))
         self.salts = [zlib.crc32(name.encode()) for name in self.names]

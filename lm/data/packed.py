@@ -19,6 +19,7 @@ import numpy as np
 import xxhash
 
 from lm.data.tokenizer import TOKENIZER_NAME, get_encoding
+from lm.errors import UserError
 
 MANIFEST = "manifest.json"
 DTYPE = np.uint16
@@ -46,16 +47,16 @@ def read_manifest(directory: str | Path) -> dict:
     """The manifest of a prepared directory, after checking it was made with our tokenizer."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise SystemExit(f"error: {path} not found; prepare the data first (python -m lm prepare --out {directory})")
+        raise UserError(f"{path} not found; prepare the data first (python -m lm prepare --out {directory})")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SystemExit(f"error: {path} is not valid JSON ({err}); prepare the data again") from None
+        raise UserError(f"{path} is not valid JSON ({err}); prepare the data again") from None
     tokenizer = manifest.get("tokenizer", {})
     if tokenizer.get("name") != TOKENIZER_NAME or tokenizer.get("hash") != tokenizer_hash():
         theirs = f"'{tokenizer.get('name')}' (hash {str(tokenizer.get('hash'))[:12]})"
-        raise SystemExit(
-            f"error: {path} was made with tokenizer {theirs}, not this codebase's '{TOKENIZER_NAME}' "
+        raise UserError(
+            f"{path} was made with tokenizer {theirs}, not this codebase's '{TOKENIZER_NAME}' "
             f"({tokenizer_hash()[:12]}); prepare the data again"
         )
     return manifest
@@ -64,8 +65,8 @@ def read_manifest(directory: str | Path) -> dict:
 def check_vocab(directory: str | Path, data_vocab: int, model_vocab: int) -> None:
     """Stop if the data holds token ids the model has no embedding for."""
     if data_vocab > model_vocab:
-        raise SystemExit(
-            f"error: {Path(directory) / MANIFEST} has vocab size {data_vocab}, larger than the model's {model_vocab}; "
+        raise UserError(
+            f"{Path(directory) / MANIFEST} has vocab size {data_vocab}, larger than the model's {model_vocab}; "
             "raise the model's vocab_size"
         )
 
@@ -79,26 +80,26 @@ class PackedWindows:
         self.seq_len = seq_len
         splits = self.manifest["splits"]
         if split not in splits or not splits[split]["shards"]:
-            raise SystemExit(f"error: {self.directory / MANIFEST} has no '{split}' shards")
+            raise UserError(f"{self.directory / MANIFEST} has no '{split}' shards")
         self.shards = [self._open(entry, verify_checksums) for entry in splits[split]["shards"]]
         self.starts = np.cumsum([0] + [len(shard) for shard in self.shards])  # token offset of each shard
         self.tokens = int(self.starts[-1])
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         if self.tokens < seq_len + 1:
-            raise SystemExit(
-                f"error: '{split}' split of {self.directory} has {self.tokens} tokens, fewer than one window "
+            raise UserError(
+                f"'{split}' split of {self.directory} has {self.tokens} tokens, fewer than one window "
                 f"of seq_len + 1 = {seq_len + 1}"
             )
 
     def _open(self, entry: dict, verify_checksum: bool) -> np.memmap:
         path = self.directory / entry["file"]
         if not path.is_file():
-            raise SystemExit(f"error: shard {path} listed in the manifest is missing")
+            raise UserError(f"shard {path} listed in the manifest is missing")
         size = path.stat().st_size
         if size != entry["tokens"] * DTYPE().itemsize:
-            raise SystemExit(f"error: shard {path} has {size} bytes, manifest says {entry['tokens']} tokens (x2 bytes)")
+            raise UserError(f"shard {path} has {size} bytes, manifest says {entry['tokens']} tokens (x2 bytes)")
         if verify_checksum and checksum(path) != entry["checksum"]:
-            raise SystemExit(f"error: shard {path} fails its checksum (corrupt or rewritten); prepare it again")
+            raise UserError(f"shard {path} fails its checksum (corrupt or rewritten); prepare it again")
         return np.memmap(path, dtype=DTYPE, mode="r")
 
     def __len__(self) -> int:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from lm.data.packed import DTYPE, MANIFEST, tokenizer_hash
 from lm.data.sources import load_source
 from lm.data.tokenizer import EOT, TOKENIZER_NAME, get_encoding
+from lm.errors import UserError
 from lm.files import write_atomic
 
 FEATURES = datasets.Features(
@@ -86,9 +87,9 @@ def prepare(
     """
     out_dir = Path(out)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise SystemExit(f"error: output directory {out_dir} already exists and is not empty; choose another --out")
+        raise UserError(f"output directory {out_dir} already exists and is not empty; choose another --out")
     if not 0 <= val_fraction < 1:
-        raise SystemExit(f"error: --val_fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"--val_fraction must be in [0, 1), got {val_fraction}")
     get_encoding()  # fail now if the BPE cannot load; forked tokenizer processes then inherit it
     ds, description = load_source(source, path, dataset, subset, split, text_field, streaming)
 
@@ -167,9 +168,9 @@ def write_shards(ds, directory: Path, *, source, val_fraction, seed, shard_token
         bar.close()
     splits = {name: writer.close() for name, writer in writers.items()}
     if splits["train"]["documents"] == 0:
-        raise SystemExit(f"error: source '{source}' produced no training documents (empty corpus?)")
+        raise UserError(f"source '{source}' produced no training documents (empty corpus?)")
     if val_fraction > 0 and splits["val"]["documents"] == 0:
-        raise SystemExit(f"error: no document of '{source}' fell in the val split; raise --val_fraction")
+        raise UserError(f"no document of '{source}' fell in the val split; raise --val_fraction")
     return splits
 
 

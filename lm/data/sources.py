@@ -19,6 +19,8 @@ from pathlib import Path
 
 import datasets
 
+from lm.errors import UserError
+
 
 @dataclass(frozen=True)
 class HubSource:
@@ -62,14 +64,14 @@ def load_source(
         return datasets.Dataset.from_dict({"text": list(docs)}), description
     if source == "local":
         if path is None:
-            raise SystemExit("error: source 'local' needs --path (files or globs of .txt, .jsonl, .parquet)")
+            raise UserError("source 'local' needs --path (files or globs of .txt, .jsonl, .parquet)")
         files = expand_path(path)
         field = text_field or "text"
         ds = load_files(files, split or "train", streaming)
         description = {"source": source, "data_files": files, "text_field": field, "streaming": streaming}
         return select_text(ds, field, path), description
     if source not in HUB_SOURCES:
-        raise SystemExit(f"error: unknown source '{source}' (choose from {', '.join(SOURCE_NAMES)})")
+        raise UserError(f"unknown source '{source}' (choose from {', '.join(SOURCE_NAMES)})")
     entry = HubSource(
         dataset=dataset or HUB_SOURCES[source].dataset,
         config=subset if subset is not None else HUB_SOURCES[source].config,
@@ -85,8 +87,8 @@ def load_source(
         ds = datasets.load_dataset(entry.dataset, entry.config, split=entry.split, streaming=streaming)
     except Exception as err:  # offline, gated, renamed...: one line, the fix is --path or an override
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise SystemExit(
-            f"error: could not load hub dataset '{entry.dataset}' ({entry.config}, split {entry.split}): "
+        raise UserError(
+            f"could not load hub dataset '{entry.dataset}' ({entry.config}, split {entry.split}): "
             f"{type(err).__name__}: {first_line}; pass --path to local copies of its files"
         ) from None
     return select_text(ds, entry.text_field, entry.dataset), description
@@ -99,31 +101,27 @@ def expand_path(path: str) -> list[str]:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise SystemExit(f"error: --path '{pattern}' matches no files")
+            raise UserError(f"--path '{pattern}' matches no files")
         files.extend(matches)
     suffixes = {Path(f).suffix for f in files}
     unknown = suffixes - BUILDERS.keys()
     if unknown:
-        raise SystemExit(
-            f"error: --path '{path}': unsupported file type {sorted(unknown)} (use .txt, .jsonl, .parquet)"
-        )
+        raise UserError(f"--path '{path}': unsupported file type {sorted(unknown)} (use .txt, .jsonl, .parquet)")
     if len({BUILDERS[s] for s in suffixes}) > 1:
-        raise SystemExit(f"error: --path '{path}' mixes file types {sorted(suffixes)}; prepare each kind separately")
+        raise UserError(f"--path '{path}' mixes file types {sorted(suffixes)}; prepare each kind separately")
     return files
 
 
 def load_files(files: list[str], split: str, streaming: bool) -> Text:
     """Read local files with datasets' packaged builders (text: one document per file)."""
     if all(os.path.getsize(f) == 0 for f in files):
-        raise SystemExit(f"error: {', '.join(files)}: empty corpus (all files are empty)")
+        raise UserError(f"{', '.join(files)}: empty corpus (all files are empty)")
     builder = BUILDERS[Path(files[0]).suffix]
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     try:
         return datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, **kwargs)
     except Exception as err:  # malformed json/parquet: datasets raises deep, varied errors
-        raise SystemExit(
-            f"error: could not read {files[0]} (or another of --path): {type(err).__name__}: {err}"
-        ) from None
+        raise UserError(f"could not read {files[0]} (or another of --path): {type(err).__name__}: {err}") from None
 
 
 def select_text(ds: Text, field: str, where: str) -> Text:
@@ -134,9 +132,9 @@ def select_text(ds: Text, field: str, where: str) -> Text:
         first = next(iter(ds), None) or {}
         columns = {name: "string" if isinstance(value, str) else type(value).__name__ for name, value in first.items()}
     if columns and field not in columns:
-        raise SystemExit(f"error: text field '{field}' not found in '{where}' (columns: {', '.join(columns)})")
+        raise UserError(f"text field '{field}' not found in '{where}' (columns: {', '.join(columns)})")
     if columns and columns[field] not in ("string", "large_string"):
-        raise SystemExit(f"error: text field '{field}' in '{where}' holds {columns[field]}, not text")
+        raise UserError(f"text field '{field}' in '{where}' holds {columns[field]}, not text")
     ds = ds.select_columns([field])
     return ds.rename_column(field, "text") if field != "text" else ds
 

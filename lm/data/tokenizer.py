@@ -10,6 +10,8 @@ import functools
 import numpy as np
 import tiktoken
 
+from lm.errors import UserError
+
 TOKENIZER_NAME = "gpt2"
 EOT = 50256  # <|endoftext|>, the document separator in every shard
 
@@ -19,8 +21,8 @@ def get_encoding() -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding(TOKENIZER_NAME)
     except Exception as err:  # tiktoken raises requests/urllib errors of several kinds when offline
-        raise SystemExit(
-            f"error: could not load tiktoken's '{TOKENIZER_NAME}' BPE ({type(err).__name__}). On a machine "
+        raise UserError(
+            f"could not load tiktoken's '{TOKENIZER_NAME}' BPE ({type(err).__name__}). On a machine "
             "without internet, set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached GPT-2 files "
             "(e.g. export TIKTOKEN_CACHE_DIR=../shared/tokenizer/tiktoken_cache)."
         ) from None

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lm.data.packed import MANIFEST, PackedWindows, check_vocab, read_manifest
+from lm.errors import UserError
 
 
 def all_tokens(directory, split="train") -> np.ndarray:
@@ -33,7 +34,7 @@ def test_windows_overlap_by_one_and_straddle_shards(corpus):
 def test_truncated_shard_names_the_file(copy):
     shard = copy / "train_00001.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
-    with pytest.raises(SystemExit, match=r"error: shard .*train_00001.bin has 5998 bytes"):
+    with pytest.raises(UserError, match=r"shard .*train_00001.bin has 5998 bytes"):
         PackedWindows(copy, "train", 64, verify_checksums=False)
 
 
@@ -43,7 +44,7 @@ def test_checksum_mismatch_names_the_file(copy):
     data[10] ^= 1
     shard.write_bytes(bytes(data))
     PackedWindows(copy, "train", 64, verify_checksums=False)  # same size: only the checksum notices
-    with pytest.raises(SystemExit, match=r"error: shard .*train_00000.bin fails its checksum"):
+    with pytest.raises(UserError, match=r"shard .*train_00000.bin fails its checksum"):
         PackedWindows(copy, "train", 64)
 
 
@@ -51,18 +52,18 @@ def test_other_tokenizer_is_refused(copy):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["tokenizer"]["hash"] = "0" * 64
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(SystemExit, match=r"error: .*manifest.json was made with tokenizer 'gpt2'"):
+    with pytest.raises(UserError, match=r".*manifest.json was made with tokenizer 'gpt2'"):
         PackedWindows(copy, "train", 64)
 
 
 def test_missing_manifest_and_small_vocab(tmp_path, corpus):
-    with pytest.raises(SystemExit, match="manifest.json not found"):
+    with pytest.raises(UserError, match="manifest.json not found"):
         read_manifest(tmp_path)
-    with pytest.raises(SystemExit, match="vocab size 50257, larger than the model's 50000"):
+    with pytest.raises(UserError, match="vocab size 50257, larger than the model's 50000"):
         check_vocab(corpus, 50257, 50000)
     check_vocab(corpus, 50257, 50304)
 
 
 def test_split_shorter_than_a_window(corpus):
-    with pytest.raises(SystemExit, match="fewer than one window"):
+    with pytest.raises(UserError, match="fewer than one window"):
         PackedWindows(corpus, "val", 100_000)

@@ -7,6 +7,7 @@ import pytest
 from lm.data.packed import checksum, read_manifest
 from lm.data.prepare import main, prepare, val_mask
 from lm.data.tokenizer import EOT, get_encoding
+from lm.errors import UserError
 from tests.data.conftest import make_docs, prepared, write_jsonl
 
 
@@ -85,7 +86,7 @@ def test_cli_python_docs_with_budget_and_help(tmp_path, capsys):
 
 
 def test_refuses_non_empty_output(corpus):
-    with pytest.raises(SystemExit, match="already exists and is not empty"):
+    with pytest.raises(UserError, match="already exists and is not empty"):
         prepare(source="python-docs", out=corpus)
 
 

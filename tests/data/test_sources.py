@@ -13,6 +13,7 @@ from lm.data.packed import read_manifest
 from lm.data.prepare import prepare
 from lm.data.sources import HUB_SOURCES, load_source, python_docstrings
 from lm.data.tokenizer import EOT, get_encoding
+from lm.errors import UserError
 from tests.data.conftest import make_docs, write_jsonl
 
 
@@ -96,7 +97,7 @@ def test_hub_overrides(tmp_path):
 
 def test_unreachable_hub_is_one_line(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network here either way; fail fast
-    with pytest.raises(SystemExit, match="error: could not load hub dataset 'mlfoundations/dclm-baseline-1.0'") as e:
+    with pytest.raises(UserError, match="could not load hub dataset 'mlfoundations/dclm-baseline-1.0'") as e:
         load_source("dclm", dataset="mlfoundations/dclm-baseline-1.0")
     assert "\n" not in str(e.value)
 
@@ -122,14 +123,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case, message):
         "no_path": dict(source="local"),
     }[case]
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match=message) as e:
+    with pytest.raises(UserError, match=message) as e:
         prepare(out=str(out), num_proc=1, **kwargs)
-    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert "\n" not in str(e.value)
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_corpus_of_empty_rows_leaves_nothing(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", ["", "x"])
-    with pytest.raises(SystemExit, match="val split"):
+    with pytest.raises(UserError, match="val split"):
         prepare(source="local", out=str(tmp_path / "out"), path=src, num_proc=1, val_fraction=0.01)
     assert sorted(os.listdir(tmp_path)) == ["d.jsonl"]
