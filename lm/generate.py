@@ -20,6 +20,7 @@ from jsonargparse import ArgumentParser
 from lm.checkpoint import load_model
 from lm.data.tokenizer import EOT, get_encoding
 from lm.model import GPT
+from lm.model.gpt import check_sampling
 
 
 def encode_prompt(prompt: str, block_size: int) -> list[int]:
@@ -113,10 +114,11 @@ def run(
         prompt: Text to continue; empty starts a new document.
         max_new_tokens: Number of tokens to generate at most.
         temperature: Sampling temperature; 0 picks the most likely token (greedy).
-        top_k: Sample only among the k most likely tokens (null: all).
-        top_p: Sample only among the most likely tokens whose probabilities sum to p (nucleus; null: off).
+        top_k: Sample only among the k most likely tokens (0 or null: all).
+        top_p: Sample only among the fewest most likely tokens whose probabilities reach p (nucleus; null: off).
         seed: Random seed, for reproducible samples.
     """
+    check_sampling(temperature, top_k, top_p)
     model, _ = load_model(ckpt_path)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     if bench:

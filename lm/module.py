@@ -19,7 +19,9 @@ from typing import Literal
 import lightning as L
 import torch
 import torchmetrics
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lm.checkpoint import config_and_weights, file_sha256, load_weights
 from lm.data.tokenizer import token_byte_lengths
@@ -212,11 +214,29 @@ class LanguageModel(L.LightningModule):
         elif self.trainer.max_steps == -1:
             raise UserError("no training length: set trainer.max_steps or model.max_tokens / model.tokens_per_param")
         steps = self.trainer.max_steps
+        if self.hparams.lr_schedule == "wsd" and self.hparams.warmup_steps > steps - self.wsd_decay_steps():
+            raise UserError(
+                f"model.warmup_steps ({self.hparams.warmup_steps}) runs into the WSD decay, which starts at step "
+                f"{steps - self.wsd_decay_steps()} (the last model.decay_fraction = {self.hparams.decay_fraction} of "
+                f"{steps} steps): lower warmup_steps or decay_fraction"
+            )
         rank_zero_info(
             f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step (accumulation "
             f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}) = "
             f"{steps * self.tokens_per_step:,.0f} tokens; model {self.model.num_params():,} parameters"
         )
+
+    def full_model(self, strategy) -> GPT:
+        """The whole GPT, for evaluation callbacks: the model itself, or under FSDP (where each rank holds a
+        shard of every weight) a copy holding the gathered weights. Under FSDP this is a collective: every rank
+        must call it."""
+        if not isinstance(strategy, FSDPStrategy):
+            return self.model
+        state = get_model_state_dict(strategy.model, options=StateDictOptions(full_state_dict=True))
+        with torch.device(self.device):
+            model = GPT(self.config)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        return model.train(self.model.training)
 
     # ---- steps ---------------------------------------------------------------------------------------
 
@@ -300,15 +320,20 @@ class LanguageModel(L.LightningModule):
         return torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
 
     def lr_at(self, step: int) -> float:
-        """Learning rate after `step` optimizer steps: linear warmup, then the chosen decay to min_lr."""
-        hp, total = self.hparams, max(self.trainer.max_steps, 1)
+        """Learning rate of optimizer step `step` (0-based): linear warmup, then the chosen decay, which reaches
+        min_lr at the last step of the run (max_steps - 1)."""
+        hp, last = self.hparams, self.trainer.max_steps - 1
         if step < hp.warmup_steps:
             return hp.lr * (step + 1) / hp.warmup_steps
         if hp.lr_schedule == "constant":
             return hp.lr
         if hp.lr_schedule == "wsd":
-            decay_start = total - int(hp.decay_fraction * total)
-            progress = max(0.0, (step - decay_start) / max(total - decay_start, 1))
-            return hp.lr + min(progress, 1.0) * (hp.min_lr - hp.lr)
-        progress = min((step - hp.warmup_steps) / max(total - hp.warmup_steps, 1), 1.0)
+            decay_steps = self.wsd_decay_steps()
+            progress = (step - (last - decay_steps)) / decay_steps  # 1/decay_steps at the first decay step
+            return hp.lr + min(max(progress, 0.0), 1.0) * (hp.min_lr - hp.lr)
+        progress = min((step - hp.warmup_steps) / max(last - hp.warmup_steps, 1), 1.0)
         return hp.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (hp.lr - hp.min_lr)
+
+    def wsd_decay_steps(self) -> int:
+        """Steps of the WSD decay: the last decay_fraction of the run, at least one."""
+        return max(int(self.hparams.decay_fraction * self.trainer.max_steps), 1)

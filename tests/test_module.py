@@ -19,7 +19,8 @@ def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(autouse=True)
 def fake_trainer(monkeypatch):
-    monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(max_steps=100), raising=False)
+    trainer = SimpleNamespace(max_steps=100, accumulate_grad_batches=1, world_size=1)
+    monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
 
 
 def test_weight_decay_only_on_matrices(block):
@@ -36,21 +37,33 @@ def test_embeddings_can_be_excluded_from_decay():
     assert "transformer.h.0.attn.c_attn.weight" in decayed
 
 
-def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+def test_cosine_schedule_warms_up_then_decays_to_min_lr_at_the_last_step():
     module = LanguageModel(config=tiny_config(), lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    lrs = [module.lr_at(s) for s in range(100)]
+    lrs = [module.lr_at(s) for s in range(100)]  # max_steps 100: steps 0..99 run
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
-    assert module.lr_at(55) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 45 / 90)) * 9e-4)
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-12)
+    assert module.lr_at(55) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 45 / 89)) * 9e-4)
 
 
-def test_wsd_and_constant_schedules():
+def test_wsd_holds_then_reaches_min_lr_at_the_last_step():
     wsd = LanguageModel(
-        config=tiny_config(), lr=1e-3, min_lr=0.0, warmup_steps=10, lr_schedule="wsd", decay_fraction=0.2
+        config=tiny_config(), lr=1e-3, min_lr=1e-5, warmup_steps=10, lr_schedule="wsd", decay_fraction=0.2
     )
-    assert wsd.lr_at(50) == wsd.lr_at(80) == pytest.approx(1e-3)
-    assert wsd.lr_at(90) == pytest.approx(5e-4) and wsd.lr_at(100) == pytest.approx(0.0)
+    lrs = [wsd.lr_at(s) for s in range(100)]
+    assert lrs[10] == lrs[79] == pytest.approx(1e-3)  # stable until the last 20 steps
+    assert lrs[80] < 1e-3 and all(a > b for a, b in zip(lrs[79:], lrs[80:]))  # 20 steps of linear decay
+    assert lrs[89] == pytest.approx(1e-3 + 0.5 * (1e-5 - 1e-3)) and lrs[99] == pytest.approx(1e-5, rel=1e-12)
+
+
+def test_wsd_refuses_a_warmup_that_runs_into_the_decay():
+    wsd = LanguageModel(config=tiny_config(), warmup_steps=81, lr_schedule="wsd", decay_fraction=0.2)
+    with pytest.raises(UserError, match=r"model.warmup_steps \(81\) runs into the WSD decay, which starts at step 80"):
+        wsd._resolve_budget()
+    LanguageModel(config=tiny_config(), warmup_steps=80, lr_schedule="wsd", decay_fraction=0.2)._resolve_budget()
+
+
+def test_constant_schedule_holds_after_warmup():
     constant = LanguageModel(config=tiny_config(), lr=1e-3, warmup_steps=10, lr_schedule="constant")
     assert constant.lr_at(99) == pytest.approx(1e-3)
 

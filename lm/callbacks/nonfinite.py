@@ -1,9 +1,10 @@
 """Skip optimizer steps whose gradients are not finite, with no host sync per step; stop after K in a row.
 
-After backward, before clipping, the total gradient norm is computed on the device and handed to fused AdamW as
-`optimizer.found_inf` (the interface torch's GradScaler uses): when it is 1 the kernel leaves weights, moments and
-its step count untouched. The decision never leaves the device. A NaN or inf loss always gives a non-finite norm,
-so both are caught. The LR schedule and global_step still advance, as with GradScaler.
+After backward, before clipping, the total gradient norm (of the whole model, also under FSDP: see `grad_norm`)
+is computed on the device and handed to fused AdamW as `optimizer.found_inf` (the interface torch's GradScaler
+uses): when it is 1 the kernel leaves weights, moments and its step count untouched. The decision never leaves
+the device. A NaN or inf loss always gives a non-finite norm, so both are caught. The LR schedule and global_step
+still advance, as with GradScaler.
 
 `train/grad_norm` (before clipping) and `train/skipped_steps` (total) are logged like any step metric. The run of
 consecutive bad steps is read on the host only every `trainer.log_every_n_steps` optimizer steps, when the logger
@@ -13,8 +14,25 @@ so any checkpoint written meanwhile still holds the last good ones, and nothing 
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lm.errors import UserError
+
+
+def grad_norm(trainer, pl_module) -> torch.Tensor:
+    """2-norm of the whole model's gradient, the same on every rank.
+
+    Under DDP every rank holds the whole (all-reduced) gradient. Under FSDP each rank holds a shard of it, so
+    the squared norms of the shards are summed across ranks by an all-reduce on the device (no host sync);
+    a NaN or inf in any shard then reaches every rank, and every rank skips the step.
+    """
+    grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if isinstance(trainer.strategy, FSDPStrategy):
+        squared = norm.square()
+        torch.distributed.all_reduce(squared)
+        norm = squared.sqrt()
+    return norm
 
 
 class NonFiniteGuard(L.Callback):
@@ -40,8 +58,7 @@ class NonFiniteGuard(L.Callback):
                 )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = grad_norm(trainer, pl_module)
         bad = (~norm.isfinite()).float()
         optimizer.found_inf = bad
         self.skipped = self.skipped.to(bad.device) + bad

@@ -1,16 +1,16 @@
 """Text samples from fixed prompts during training: the quickest sanity check of a run."""
 
 import lightning as L
-from lightning.pytorch.strategies import FSDPStrategy
 
 from lm.generate import generate_text
+from lm.model.gpt import check_sampling
 
 
 class SampleCallback(L.Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training), continues each prompt and writes
-    the text to TensorBoard (Text tab, tag samples/<i>). Runs on rank 0 only, with its own seeded random
-    stream so it never changes the training run; keeps the latest samples for the run summary.
-    Off under FSDP: rank 0 holds only a shard of the weights (sample from a checkpoint with `lm generate`).
+    the text to TensorBoard (Text tab, tag samples/<i>). Samples on rank 0, with its own seeded random stream
+    so it never changes the training run; keeps the latest samples for the run summary. Under FSDP every rank
+    first helps gather the whole model (`LanguageModel.full_model`).
     """
 
     def __init__(
@@ -28,13 +28,15 @@ class SampleCallback(L.Callback):
             every_n_steps: Optimizer steps between two rounds of samples.
             max_new_tokens: Tokens generated per prompt (fewer if <|endoftext|> comes first).
             temperature: Sampling temperature; 0 is greedy.
-            top_k: Sample among the k most likely tokens (null: all).
+            top_k: Sample among the k most likely tokens (0 or null: all).
             seed: Seed of the sampling stream, the same at every round so samples are comparable over time.
         """
+        check_sampling(temperature, top_k, None)
         self.prompts = prompts or ["The"]
         self.every_n_steps = every_n_steps
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-        self.samples: list[dict] = []  # [{"step", "prompt", "text"}] of the latest round
+        self.samples: list[dict] = []  # [{"step", "prompt", "text"}] of the latest round (rank 0)
+        self.sampled_step = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step % self.every_n_steps == 0:
@@ -45,12 +47,14 @@ class SampleCallback(L.Callback):
 
     def sample(self, trainer, pl_module):
         step = trainer.global_step
-        if not trainer.is_global_zero or isinstance(trainer.strategy, FSDPStrategy):
+        if step == 0 or step == self.sampled_step:
             return
-        if step == 0 or (self.samples and self.samples[0]["step"] == step):
+        self.sampled_step = step
+        model = pl_module.full_model(trainer.strategy)  # on every rank: under FSDP it gathers the weights
+        if not trainer.is_global_zero:
             return
         self.samples = [
-            {"step": step, "prompt": prompt, "text": generate_text(pl_module.model, prompt, **self.sampling)}
+            {"step": step, "prompt": prompt, "text": generate_text(model, prompt, **self.sampling)}
             for prompt in self.prompts
         ]
         for logger in trainer.loggers:

@@ -5,8 +5,9 @@ Design choices:
   logging steps (`trainer.log_every_n_steps`), where Lightning already waits for the logged loss, and the
   tokens of the interval come from `pl_module.tokens_per_step` (global: all ranks, all micro-batches).
 - Validation time is left out of the interval; sample generation in callbacks is counted in.
-- MFU = (6N + 12·L·H·Q·T FLOPs per token, PaLM appendix B) × tokens/s / (peak bf16 FLOP/s × ranks). The
-  peak comes from a small table of dense bf16 numbers; an unknown GPU or the CPU gets tokens/s only.
+- MFU = (`GPT.flops_per_token`: 6 per matmul weight + 12·L·H·Q·T, PaLM appendix B) × tokens/s / (peak FLOP/s ×
+  ranks). The peak comes from a small table of dense tensor-core numbers, in fp16 for 16-mixed runs and bf16
+  otherwise; an unknown GPU, a GPU without that dtype (T4 has no bf16) and the CPU get tokens/s only.
 """
 
 import re
@@ -15,24 +16,35 @@ import time
 import lightning as L
 import torch
 
-# Dense bf16 tensor-core peak FLOP/s (no sparsity), from the vendors' data sheets.
-PEAK_BF16_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "A10": 125e12,
-    "L4": 121e12,
-    "3090": 71e12,
-    "T4": 65e12,
-}
+# Dense tensor-core peak FLOP/s (no sparsity) from the vendors' data sheets, per 16-bit dtype. The first pattern
+# found in torch.cuda.get_device_name() wins, so a variant comes before its family (an H100 PCIe or NVL card is
+# slower than the SXM part whose name is just "H100 80GB HBM3"). Whole words: "A10" is not "A100", "L4" not "L40S".
+PEAK_FLOPS = [
+    (r"\bH100\b.*\bPCIe\b", {"bf16": 756e12, "fp16": 756e12}),
+    (r"\bH[12]00\b.*\bNVL\b", {"bf16": 835e12, "fp16": 835e12}),
+    (r"\bH[12]00\b", {"bf16": 989e12, "fp16": 989e12}),  # SXM
+    (r"\bA100\b", {"bf16": 312e12, "fp16": 312e12}),
+    (r"\bA10\b", {"bf16": 125e12, "fp16": 125e12}),
+    (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12}),
+    (r"\b3090\b", {"bf16": 71e12, "fp16": 71e12}),
+    (r"\bT4\b", {"fp16": 65e12}),  # Turing: fp16 tensor cores, no bf16
+]
 
 
-def peak_flops(device_name: str) -> float | None:
-    """Peak bf16 FLOP/s of a GPU named like torch.cuda.get_device_name(), or None if not in the table."""
-    for model, flops in PEAK_BF16_FLOPS.items():
-        if re.search(rf"\b{model}\b", device_name):  # whole words: "A10" is not "A100", "L4" is not "L40S"
-            return flops
+def peak_flops(device_name: str, dtype: str = "bf16") -> float | None:
+    """Peak dense FLOP/s of a GPU named like torch.cuda.get_device_name() in `dtype` ("bf16" or "fp16").
+
+    None for a GPU missing from the table or without that dtype: no MFU rather than a wrong one.
+    """
+    for pattern, peaks in PEAK_FLOPS:
+        if re.search(pattern, device_name):
+            return peaks.get(dtype)
     return None
+
+
+def peak_dtype(precision: str) -> str:
+    """The tensor-core dtype whose peak a run of this Lightning precision is measured against."""
+    return "fp16" if str(precision).startswith("16") else "bf16"
 
 
 def synchronized_time(device: torch.device) -> float:
@@ -48,7 +60,8 @@ class ThroughputCallback(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.flops_per_token = pl_module.model.flops_per_token(getattr(trainer.datamodule, "seq_len", None))
         device = pl_module.device
-        peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+        peak = peak_flops(name, peak_dtype(trainer.precision))
         self.peak_flops = peak * trainer.world_size if peak else None
         self.step0, self.t0 = trainer.global_step, synchronized_time(device)
 

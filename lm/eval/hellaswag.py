@@ -147,7 +147,8 @@ class HellaSwagCallback(L.Callback):
             return
         self.last_step = step
         share = self.examples[trainer.global_rank :: trainer.world_size]
-        counts = trainer.strategy.reduce(correct_counts(pl_module.model, share, self.batch_size), reduce_op="sum")
+        model = pl_module.full_model(trainer.strategy)  # under FSDP: the gathered weights (a collective)
+        counts = trainer.strategy.reduce(correct_counts(model, share, self.batch_size), reduce_op="sum")
         correct, correct_norm, n = counts
         pl_module.log("eval/hellaswag_acc", correct / n)
         pl_module.log("eval/hellaswag_acc_norm", correct_norm / n)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lm.errors import UserError
 from lm.model.config import ModelConfig
 
 
@@ -142,6 +143,14 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         self.activation_checkpointing = False  # keep only block inputs for backward; recompute the rest
+        # Counted now, from whole tensors: under FSDP each rank's parameters later hold only its shard.
+        padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
+        self._num_params = sum(p.numel() for p in self.parameters()) - padding * (1 if config.tie_embeddings else 2)
+        positions = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
+        lookups = config.vocab_size * config.n_embd + positions
+        # Weights that take part in a matmul: all but the lookups, the output layer counted once (tied or not).
+        output_layer = config.vocab_size * config.n_embd if config.tie_embeddings else 0
+        self._matmul_params = self._num_params - lookups + output_layer
 
     def _init_weights(self, module: nn.Module):
         """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 · n_layer), zero biases."""
@@ -186,21 +195,20 @@ class GPT(nn.Module):
 
     # ---- counting ------------------------------------------------------------------------------------
 
-    def num_params(self, with_position_embeddings: bool = True) -> int:
-        """Parameters of the unpadded model (padding rows of the vocabulary are not counted; tied once)."""
-        n = sum(p.numel() for p in self.parameters())
-        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
-        if not self.config.tie_embeddings:
-            n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
-        if not with_position_embeddings and self.config.block == "classic":
-            n -= self.transformer.wpe.weight.numel()
-        return n
+    def num_params(self) -> int:
+        """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once)."""
+        return self._num_params
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6N + 12·L·H·Q·T (PaLM, appendix B); N excludes position embeddings."""
+        """Training FLOPs per token: 6 per matmul weight + 12·L·H·Q·T for attention (PaLM, appendix B).
+
+        Embedding lookups do no matmul, so they are left out; the output layer is one (vocab × n_embd) matmul
+        whether or not it shares the embedding's weights. Attention is counted for the full T × T score matrix
+        (as FlashAttention's and PaLM's counts do), not the causal half.
+        """
         c = self.config
         T = seq_len or c.block_size
-        return 6 * self.num_params(with_position_embeddings=False) + 12 * c.n_layer * c.n_head * c.head_dim * T
+        return 6 * self._matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * T
 
     # ---- generation ----------------------------------------------------------------------------------
 
@@ -220,6 +228,7 @@ class GPT(nn.Module):
         With the cache, the prompt is encoded once and each step costs one token. When the context fills
         up, the cache is rebuilt from the last half of the context (without it, the window slides by one).
         """
+        check_sampling(temperature, top_k, top_p)
         block_size = self.config.block_size
         cache_len = None  # tokens held in the KV cache
         try:
@@ -250,6 +259,35 @@ class GPT(nn.Module):
             )
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """One-line errors for sampling settings that mean nothing, before any token is generated."""
+    if temperature < 0:
+        raise UserError(f"temperature must be ≥ 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise UserError(f"top_k must be ≥ 0 (0 or null: no top-k), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1] (null: no nucleus sampling), got {top_p}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """(B, vocab) logits with the tokens that top-k and top-p (nucleus) rule out set to -inf.
+
+    top_k keeps the k largest logits and any tied with the k-th; 0 or None turns it off. top_p keeps the smallest
+    set of most likely tokens whose probability reaches top_p: going up from the least likely, tokens are dropped
+    while their cumulative probability is at most 1 - top_p (transformers' rule, so the same tokens survive, ties
+    included). The most likely token always stays.
+    """
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        ascending, order = logits.sort(dim=-1)
+        drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
 def sample(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -260,14 +298,5 @@ def sample(
     """Draws one token per row from (B, vocab) logits; temperature 0 means argmax."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set reaching top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

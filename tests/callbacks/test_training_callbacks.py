@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from lm.callbacks import HellaSwagCallback, RunSummaryCallback, SampleCallback, default_callbacks
-from lm.callbacks.throughput import peak_flops
+from lm.callbacks.throughput import peak_dtype, peak_flops
 from lm.module import LanguageModel
 from tests.conftest import tiny_config
 from tests.eval.test_hellaswag import write_jsonl
@@ -117,12 +117,17 @@ def test_hellaswag_callback_logs_at_validation_with_gradient_accumulation(tmp_pa
 
 
 def test_peak_flops_table():
-    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12
-    assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12  # SXM
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H100 NVL") == peak_flops("NVIDIA H200 NVL") == 835e12
+    assert peak_flops("NVIDIA A100-SXM4-40GB") == peak_flops("NVIDIA A100-PCIE-40GB") == 312e12
     assert peak_flops("NVIDIA A10") == 125e12
     assert peak_flops("NVIDIA GeForce RTX 3090") == 71e12
     assert peak_flops("NVIDIA L4") == 121e12 and peak_flops("NVIDIA L40S") is None
-    assert peak_flops("Tesla T4") == 65e12 and peak_flops("AMD Instinct MI300X") is None
+    assert peak_flops("AMD Instinct MI300X") is None
+    # T4 has fp16 tensor cores but no bf16: an fp16 (16-mixed) run gets its fp16 peak, a bf16 run no MFU.
+    assert peak_flops("Tesla T4", peak_dtype("16-mixed")) == 65e12
+    assert peak_flops("Tesla T4", peak_dtype("bf16-mixed")) is None and peak_flops("Tesla T4") is None
 
 
 def test_run_summary_state_survives_a_resume():

@@ -46,3 +46,31 @@ class BatchRecorder(L.Callback):
         path = Path(trainer.default_root_dir) / f"batches-rank{trainer.global_rank}.jsonl"
         with open(path, "a") as f:
             f.write(json.dumps(x[:, :4].tolist()) + "\n")
+
+
+class InjectNaN(L.Callback):
+    """Puts a NaN into one gradient element held by rank `rank` after the backward pass of optimizer step `step`:
+    under FSDP that element lives only in this rank's shard."""
+
+    def __init__(self, step: int, rank: int = 0):
+        self.step, self.rank = step, rank
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            grad = next(p.grad for p in pl_module.parameters() if p.grad is not None and p.grad.numel())
+            grad.view(-1)[0] = float("nan")
+
+
+class GuardRecorder(L.Callback):
+    """Appends what NonFiniteGuard logged on this rank (grad norm, skipped steps) to <run>/guard-rank<r>.jsonl,
+    once per optimizer step."""
+
+    recorded_step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.recorded_step:  # a micro-batch inside an accumulation window
+            return
+        self.recorded_step = trainer.global_step
+        metrics = {key: float(trainer.callback_metrics[key]) for key in ("train/grad_norm", "train/skipped_steps")}
+        with open(Path(trainer.default_root_dir) / f"guard-rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, **metrics}) + "\n")

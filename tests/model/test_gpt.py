@@ -2,8 +2,12 @@ import math
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
+from lm.errors import UserError
 from lm.model import GPT, ModelConfig
+from lm.model.gpt import filter_logits, sample
 from tests.conftest import tiny_config
 
 
@@ -87,12 +91,46 @@ def test_generation_past_the_context_keeps_going(block):
 
 
 def test_top_k_and_top_p_restrict_sampling():
-    from lm.model.gpt import sample
-
     logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]]).repeat(500, 1)
     assert set(sample(logits, top_k=2).tolist()) <= {0, 1}
     assert set(sample(logits, top_p=0.5).tolist()) == {0}
     assert sample(logits, temperature=0).unique().tolist() == [0]
+    flat, generator = torch.zeros(500, 5), torch.Generator().manual_seed(0)
+    assert set(sample(flat, top_k=0, generator=generator).tolist()) == {0, 1, 2, 3, 4}  # 0 means no top-k
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    probs = torch.tensor([[0.5, 0.3, 0.2]])
+    assert (filter_logits(probs.log(), top_p=0.5).isfinite() == torch.tensor([True, False, False])).all()
+    assert (filter_logits(probs.log(), top_p=0.51).isfinite() == torch.tensor([True, True, False])).all()
+
+
+def test_top_k_and_top_p_keep_the_same_tokens_as_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    cases = [
+        torch.randn(64, 100),
+        torch.randn(64, 100).round(),
+        torch.zeros(4, 10),
+        torch.tensor([[0.5, 0.3, 0.2]]).log(),
+    ]
+    for logits in cases:
+        for top_p in (0.05, 0.3, 0.5, 0.9, 1.0):
+            expected = TopPLogitsWarper(top_p)(None, logits).isfinite()
+            assert torch.equal(filter_logits(logits, top_p=top_p).isfinite(), expected), top_p
+        for top_k in (1, 3, 50):
+            expected = TopKLogitsWarper(top_k)(None, logits).isfinite()
+            assert torch.equal(filter_logits(logits, top_k=top_k).isfinite(), expected), top_k
+
+
+@pytest.mark.parametrize(
+    "bad, key", [(dict(temperature=-0.5), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0.0), "top_p")]
+)
+def test_meaningless_sampling_settings_are_refused(bad, key):
+    model = GPT(tiny_config())
+    with pytest.raises(UserError, match=key):
+        next(model.generate(torch.zeros(1, 1, dtype=torch.long), 1, **bad))
 
 
 def test_flops_per_token_formula():
@@ -100,6 +138,33 @@ def test_flops_per_token_formula():
     model = GPT(config)
     n = 124_439_808 - 1024 * 768  # position embeddings do no matmuls
     assert model.flops_per_token() == 6 * n + 12 * 12 * 12 * 64 * 1024
+    # Untied (GPT-2 medium shape, configs/model/gpt2-medium-406m.yaml): the input embedding is a lookup.
+    medium = GPT(ModelConfig(block="classic", n_layer=24, n_head=16, n_embd=1024, tie_embeddings=False))
+    lookups = 50257 * 1024 + 1024 * 1024
+    assert medium.flops_per_token() == 6 * (medium.num_params() - lookups) + 12 * 24 * 16 * 64 * 1024
+    assert medium.flops_per_token() == pytest.approx(2.425e9, rel=1e-3)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_flops_per_token_agrees_with_torch_flop_counter(block, tied):
+    """FlopCounterMode counts every matmul of a forward + backward pass. Attention goes through SDPA's math
+    backend, which computes the full T × T scores (as flops_per_token counts them): 2 matmuls of 2·T·T·Q FLOPs
+    per head forward, twice that backward. Norms, biases, activations and the loss are not matmuls (< 3%)."""
+    config = ModelConfig(block=block, n_layer=2, n_head=4, n_embd=128, block_size=64, tie_embeddings=tied)
+    model = GPT(config)
+    idx = torch.randint(0, 50257, (2, 64))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(idx, idx).backward()
+    assert counter.get_total_flops() == pytest.approx(model.flops_per_token(64) * idx.numel(), rel=0.03)
+
+
+def test_parameter_counts_do_not_change_when_parameters_are_sharded():
+    """FSDP leaves each rank a shard of every parameter; the counts come from the whole tensors at construction."""
+    model = GPT(tiny_config("classic", tie_embeddings=False))
+    n, flops = model.num_params(), model.flops_per_token()
+    for p in model.parameters():
+        p.data = p.data.flatten()[:1]
+    assert (model.num_params(), model.flops_per_token()) == (n, flops)
 
 
 @pytest.mark.parametrize("bad", [dict(block="other"), dict(n_embd=30, n_head=4), dict(dropout=1.5), dict(n_layer=0)])
