@@ -2,17 +2,25 @@
 PYTHON ?= python3
 LM := $(PYTHON) -m lm
 STAMP := .venv-installed
+DEV_STAMP := .venv-installed-dev
 
-.PHONY: install demo cpt test test-slow lint format bench clean
+.PHONY: install install-dev demo cpt test test-slow lint format bench clean
 
 # torch first, pinned, when it is missing: a bare `torch` requirement would pull the newest CUDA build.
 # GPU users: install your own torch build before `make` (see README); it is left alone.
+# `make demo` needs only lm itself; tests, lint and the Hugging Face/eval/plot checks need the dev extras.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e .
+	@touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(PYTHON) -m pip install -e ".[dev]"
 	@touch $@
 
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 data/python-docs/manifest.json: | $(STAMP)
 	$(LM) prepare --source python-docs --out data/python-docs --val_fraction 0.02
@@ -31,23 +39,23 @@ cpt: $(STAMP)
 
 # Experiments (experiments/<name>/): `make exp-<name>` prepares their data, trains each variant not yet finished
 # into runs/<name>/<variant>/ and writes the report; `make report-<name>` rewrites the report alone.
-exp-%: $(STAMP)
+exp-%: $(DEV_STAMP)
 	$(LM) experiment run $*
 
-report-%: $(STAMP)
+report-%: $(DEV_STAMP)
 	$(LM) experiment report $*
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PYTHON) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DEV_STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PYTHON) -m ruff check lm tests
 	$(PYTHON) -m ruff format --check lm tests
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(PYTHON) -m ruff check --fix lm tests
 	$(PYTHON) -m ruff format lm tests
 
@@ -58,4 +66,4 @@ bench: $(STAMP)
 	$(LM) bench --config $(BENCH_CONFIG) $(BENCH_ARGS)
 
 clean:
-	rm -rf runs/demo .pytest_cache $(STAMP)
+	rm -rf runs/demo .pytest_cache $(STAMP) $(DEV_STAMP)

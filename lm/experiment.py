@@ -221,4 +221,4 @@ def report(name: str, runs_root: str = "runs") -> None:
 
 
 def main(argv: list[str]) -> None:
-    CLI([run, report], args=argv)
+    CLI([run, report], args=argv, prog="python -m lm experiment")

@@ -123,6 +123,7 @@ class LanguageModel(L.LightningModule):
         self.register_buffer("token_bytes", torch.from_numpy(token_byte_lengths()), persistent=False)
         self.val_metrics = torch.nn.ModuleDict()
         self.tokens_per_step = 0  # resolved in setup()
+        self.checkpoint_step: int | None = None  # global step of the checkpoint these weights were restored from
 
     # ---- continued pretraining -----------------------------------------------------------------------
 
@@ -244,10 +245,20 @@ class LanguageModel(L.LightningModule):
         x, y = batch
         loss = self.model(x, y)
         self.log("train/loss", loss, prog_bar=True)
-        tokens = float((self.global_step + 1) * self.tokens_per_step)
         # Made on the device: self.log would copy a Python number there, a host sync on every CUDA step.
-        self.log("train/tokens", torch.full((), tokens, device=x.device))
+        on_device = lambda value: torch.full((), float(value), device=x.device)
+        # TensorBoard's x-axis (Lightning's logger takes a logged "step"): optimizer steps done once this one is, as
+        # in metrics.jsonl and checkpoint names (Lightning's own x would be this step's 0-based index).
+        self.log("step", on_device(self.global_step + 1))
+        self.log("train/tokens", on_device((self.global_step + 1) * self.tokens_per_step))
+        for name, lr in self.learning_rates().items():
+            self.log(name, on_device(lr))
         return loss
+
+    def learning_rates(self) -> dict[str, float]:
+        """The rate each schedule gives this step, once: `lr` for model.lr's schedule, which every AdamW parameter
+        group follows (Lightning's LearningRateMonitor would log each group: `lr/pg1`, `lr/pg2`, ...)."""
+        return {"lr": self.optimizers().param_groups[0]["lr"]}
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
@@ -271,6 +282,10 @@ class LanguageModel(L.LightningModule):
                         add_dataloader_idx=False,
                     )
             metric.reset()
+        # TensorBoard's x-axis, as for training: optimizer steps done. validate and test log in a TensorBoard run of
+        # their own, at the step of the checkpoint they evaluate, so their point sits beside the fit's curve.
+        fit = self.trainer.state.fn == "fit"
+        self.log("step", float(self.global_step if fit else self.checkpoint_step or 0))
 
     def on_save_checkpoint(self, checkpoint: dict):
         checkpoint["tokens_seen"] = self.global_step * self.tokens_per_step
@@ -279,6 +294,7 @@ class LanguageModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict):
         self.lineage = checkpoint.get("lineage", self.lineage)
+        self.checkpoint_step = checkpoint.get("global_step")
         saved = checkpoint.get("tokens_per_step")
         # Resuming fit (tokens_per_step is set) on another world size is fine as long as the global batch is kept.
         if self.tokens_per_step and saved and saved != self.tokens_per_step:

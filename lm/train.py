@@ -1,22 +1,34 @@
 """`python -m lm fit | validate | test`: LightningCLI with lm's run-directory, checkpoint and safety conventions.
 
 Every Trainer, model and data setting is a config key (`--print_config` shows them all).
+
+The run directory belongs to `fit`: its config.yaml, TensorBoard events, metrics.jsonl and checkpoints/.
+`validate` and `test` of a checkpoint log into `<run>/<command>/<checkpoint name>/` (their own events, at the
+checkpoint's step, their config.yaml and a metrics.json), so they never rewrite the fit's curves or the config
+that reruns it.
 """
 
+import json
+import logging
+import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm.callbacks import default_callbacks
 from lm.callbacks.checkpointing import Checkpoint
 from lm.callbacks.nonfinite import NonFiniteGuard
 from lm.callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
+from lm.callbacks.progress import StepProgressBar
+from lm.callbacks.run_summary import scalars
 from lm.checkpoint import load_checkpoint
 from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.errors import UserError
+from lm.files import write_atomic
 from lm.module import LanguageModel
 
 
@@ -63,12 +75,6 @@ class LMCLI(LightningCLI):
 
     def before_instantiate_classes(self):
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.logger in (None, True):
-            # TensorBoard events, checkpoints/ and config.yaml all land directly in runs/<name>/.
-            config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=config.trainer.default_root_dir or "runs/default", name="", version=""),
-            )
         if config.trainer.plugins is None:
             config.trainer.plugins = Namespace(class_path="lm.callbacks.checkpointing.AtomicCheckpointIO")
         if config.get("weights_only") is None:
@@ -76,11 +82,44 @@ class LMCLI(LightningCLI):
         if self.subcommand == "fit" and not config.ckpt_path:
             claim_run_dir(config)
 
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer, with lm's defaults where the config leaves a choice open (and config.yaml keeps it open, so
+        the saved config reruns in another directory too): TensorBoard logging into the run directory, and the
+        step-counting progress bar unless the config brings its own or turns it off."""
+        config = self.config_init[self.subcommand]
+        if config.trainer.logger in (None, True):
+            # fit: events, checkpoints/ and config.yaml land directly in runs/<name>/; validate and test in a
+            # sub-directory (see the module docstring). Checkpoints stay in runs/<name>/checkpoints either way.
+            run_dir, sub_dir = Path(config.trainer.default_root_dir or "runs/default"), None
+            if self.subcommand in ("validate", "test"):
+                run_dir, sub_dir = evaluation_dir(self.subcommand, config)
+            kwargs.setdefault("logger", TensorBoardLogger(save_dir=run_dir, name="", version="", sub_dir=sub_dir))
+        callbacks = config.trainer.callbacks or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+        return super().instantiate_trainer(**kwargs)
+
     def before_fit(self):
         self.check_inputs("fit")
 
     def before_validate(self):
         self.check_inputs("validate")
+
+    def after_validate(self):
+        self.write_results()
+
+    def after_test(self):
+        self.write_results()
+
+    def write_results(self) -> None:
+        """metrics.json beside the events of a validate/test run: what it measured, of which checkpoint and step."""
+        trainer = self.trainer
+        if trainer.is_global_zero:
+            config = self.config[self.subcommand]
+            metrics = scalars(trainer.callback_metrics, keep=lambda name: name != "step")
+            results = {"ckpt_path": config.ckpt_path, "step": self.model.checkpoint_step, "metrics": metrics}
+            write_atomic(Path(trainer.log_dir) / "metrics.json", (json.dumps(results, indent=2) + "\n").encode())
 
     def check_inputs(self, stage: str) -> None:
         """Open and check the data against the model before the Trainer writes anything (events, config.yaml)."""
@@ -105,6 +144,41 @@ def claim_run_dir(config) -> None:
         path.unlink(missing_ok=True)
 
 
+def evaluation_dir(subcommand: str, config) -> tuple[Path, str]:
+    """(run directory, sub-directory) where `validate`/`test` log: <run>/<command>/<checkpoint name>.
+
+    The run is the checkpoint's when it sits in a run's checkpoints/ folder, else trainer.default_root_dir;
+    without a checkpoint (the initial or init_from weights) the name is "initial".
+    """
+    run_dir, ckpt = Path(config.trainer.default_root_dir or "runs/default"), config.ckpt_path
+    if ckpt and Path(ckpt).parent.name == "checkpoints":
+        run_dir = Path(ckpt).parent.parent
+    return run_dir, f"{subcommand}/{Path(ckpt).stem if ckpt else 'initial'}"
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """config.yaml of the run: what it trains, not how this session was started.
+
+    `ckpt_path` and `overwrite` are left out, so `python -m lm fit --config runs/<name>/config.yaml` reruns the
+    run from its start after a resume too (and `--ckpt_path last` continues it).
+    """
+
+    def __init__(self, parser, config, *args, **kwargs):
+        config = config.clone()
+        config.ckpt_path, config.overwrite = None, False
+        super().__init__(parser, config, *args, **kwargs)
+
+
+def quiet_console() -> None:
+    """Drop the messages that lm's users would see on every command and cannot act on: Lightning's tips for its
+    cloud services, a deprecation inside Lightning's own use of torch's pytree, and Lightning's warning that a
+    resumed run's checkpoint directory is not empty (lm checks the run directory itself: see claim_run_dir)."""
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip:"))
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 def main(args: list[str] | None) -> None:
     """Runs LightningCLI on `args` (None: sys.argv); a preempted run exits with EXIT_PREEMPTED."""
     try:
@@ -114,18 +188,13 @@ def main(args: list[str] | None) -> None:
 
 
 def run(args: list[str] | None) -> None:
+    quiet_console()
     LMCLI(
         LanguageModel,
         TokenDataModule,
         args=args,
-        trainer_defaults={
-            "callbacks": [
-                LearningRateMonitor(logging_interval="step"),
-                MixtureLogger(),
-                *default_callbacks(),
-                PreemptionCheckpoint(),
-            ]
-        },
+        trainer_defaults={"callbacks": [MixtureLogger(), *default_callbacks(), PreemptionCheckpoint()]},
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},  # config errors raise ArgumentError: main prints them as one line
+        parser_kwargs={"prog": "python -m lm", "exit_on_error": False},  # errors raise ArgumentError: one line in main
     )

@@ -83,7 +83,6 @@ class RunSummaryCallback(L.Callback):
         self.throughput = [0.0, 0]  # sum and count of the logged perf/tokens_per_sec
         self.run_dir: Path | None = None
         self.start: float | None = None
-        self.lr: float | None = None
         self.last_step = 0
         self.before_validation: dict = {}
         self.provenance: dict = {}
@@ -107,18 +106,15 @@ class RunSummaryCallback(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.last_step = trainer.global_step  # after a resume, the restored step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.lr = trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step uses (a float: no sync)
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if not trainer.is_global_zero or step == self.last_step or step % trainer.log_every_n_steps:
             return
         self.last_step = step
-        metrics = scalars(trainer.callback_metrics, keep=lambda name: not is_eval_metric(name))
+        metrics = scalars(trainer.callback_metrics, keep=lambda name: name != "step" and not is_eval_metric(name))
         if "perf/tokens_per_sec" in metrics:
             self.throughput = [self.throughput[0] + metrics["perf/tokens_per_sec"], self.throughput[1] + 1]
-        self.append_line(trainer, pl_module, {"lr": self.lr, **metrics})
+        self.append_line(trainer, pl_module, metrics)
 
     def on_validation_start(self, trainer, pl_module):
         self.before_validation = dict(trainer.callback_metrics)

@@ -291,4 +291,4 @@ class ShardWriter:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m lm prepare`."""
-    CLI(prepare, args=argv, as_positional=False)
+    CLI(prepare, args=argv, as_positional=False, prog="python -m lm prepare")
