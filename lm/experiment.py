@@ -27,6 +27,7 @@ Design choices:
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,13 @@ from jsonargparse import CLI
 
 from lm.errors import UserError
 from lm.plot import plot
+from lm.provenance import git_state
 
 EXPERIMENTS = Path("experiments")
 KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag"}
+# Best val loss may differ by this much (nats) between a rerun and the committed table in another environment
+# (threads, versions, device); see experiments/README.md for the differences measured.
+VERIFY_TOLERANCE = 0.02
 
 
 def load_experiment(name: str) -> dict:
@@ -115,37 +120,54 @@ def score_hellaswag(data: str, checkpoint: str, out: Path) -> None:
         out.write_text(result.strip().splitlines()[-1] + "\n")  # the command's last line is its result
 
 
-def run(name: str, runs_root: str = "runs") -> None:
-    """Prepare the data, train each variant not yet finished, score HellaSwag if asked, then write the report.
-
-    Args:
-        name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
-        runs_root: Variants run in <runs_root>/<name>/<variant>/.
-    """
-    spec = load_experiment(name)
-    runs = Path(runs_root, name)
+def check_inputs(spec: dict) -> None:
+    """One-line errors for missing inputs, before any compute is spent."""
     hellaswag = spec.get("hellaswag")
     if hellaswag and not Path(hellaswag).is_file():
         raise UserError(f"HellaSwag data {hellaswag} not found: see docs/evaluation.md for where to get it")
     for variant, base in spec.get("init_from", {}).items():
         if base not in spec["variants"] and not Path(base).exists():
             raise UserError(f"variant {variant!r} starts from {base}, which does not exist: train or fetch it first")
+
+
+def prepare_data(spec: dict) -> None:
     for arguments in spec.get("prepare", []):
         if (Path(arguments["out"]) / "manifest.json").is_file():
             print(f"{arguments['out']}: already prepared")
         else:
             lm_command("prepare", *flags(arguments))
+
+
+def run(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False) -> None:
+    """Prepare the data, train each variant not yet finished, score HellaSwag if asked, then write the report.
+
+    Args:
+        name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
+        runs_root: Variants run in <runs_root>/<name>/<variant>/.
+        allow_mixed_commits: Train from a checkout with uncommitted changes, and report variants that ran at
+            different commits (each row of the table is then marked).
+    """
+    spec = load_experiment(name)
+    runs = Path(runs_root, name)
+    check_inputs(spec)
+    state = git_state()
+    if state["git_dirty"] and not allow_mixed_commits:
+        raise UserError(
+            "the lm checkout has uncommitted changes: a report's numbers must come from one clean commit, so commit "
+            "first (or pass --allow_mixed_commits true to run anyway and mark the table)"
+        )
+    prepare_data(spec)
     for variant in spec["variants"]:
         run_dir, base = runs / variant, base_checkpoint(spec, variant, runs)
         if is_finished(run_dir):
             print(f"{run_dir}: finished, skipped (delete it to run it again)")
         else:
             lm_command(*fit_args(spec, variant, run_dir, base))
-        if hellaswag:
-            score_hellaswag(hellaswag, str(run_dir / "checkpoints" / "best.ckpt"), run_dir / "hellaswag.json")
+        if spec.get("hellaswag"):
+            score_hellaswag(spec["hellaswag"], str(run_dir / "checkpoints" / "best.ckpt"), run_dir / "hellaswag.json")
             if base:
-                score_hellaswag(hellaswag, base, run_dir / "hellaswag_base.json")
-    report(name, runs_root)
+                score_hellaswag(spec["hellaswag"], base, run_dir / "hellaswag_base.json")
+    report(name, runs_root, allow_mixed_commits)
 
 
 def duration(seconds: float) -> str:
@@ -159,14 +181,19 @@ def commit(summary: dict) -> str:
     return f"{sha[:8]}{'+dirty' if summary.get('git_dirty') else ''}" if sha else "?"
 
 
-def environment(summary: dict) -> str:
-    versions = ", ".join(f"{name} {number}" for name, number in summary["versions"].items())
-    return f"{versions} on {summary['device']}"
+def environment(summary: dict) -> dict:
+    """What decides a run's numbers besides its config and commit (see lm.callbacks.run_summary.environment)."""
+    return {key: summary.get(key) for key in ("versions", "device", "threads", "deterministic")}
 
 
-def result_row(variant: str, run_dir: Path, with_hellaswag: bool, with_base: bool) -> list[str]:
+def describe(env: dict) -> str:
+    versions = ", ".join(f"{name} {number}" for name, number in (env["versions"] or {}).items())
+    deterministic = "on" if env["deterministic"] else "off"
+    return f"{versions} on {env['device']}, {env['threads']} threads, deterministic algorithms {deterministic}"
+
+
+def result_row(variant: str, summary: dict | None, run_dir: Path, with_hellaswag: bool, with_base: bool) -> list[str]:
     """One table row from a run's run_summary.json (and hellaswag*.json)."""
-    summary = read_json(run_dir / "run_summary.json")
     if summary is None:
         return [variant, "not run"]
     best = summary.get("best_val") or {}
@@ -194,31 +221,130 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def report(name: str, runs_root: str = "runs") -> None:
-    """Write experiments/<name>/results.md (a table of the variants) and results.png (curves against tokens).
+def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False) -> None:
+    """Write experiments/<name>/results.md (a table of the variants), results.png (curves against tokens) and
+    results.json (what `experiment verify` compares a rerun with).
 
     Args:
         name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
         runs_root: Variants ran in <runs_root>/<name>/<variant>/.
+        allow_mixed_commits: Write the table even if its variants ran at different commits or from a checkout with
+            uncommitted changes; every row is then marked.
     """
     spec = load_experiment(name)
     runs, out = Path(runs_root, name), EXPERIMENTS / name
+    summaries = {variant: read_json(runs / variant / "run_summary.json") for variant in spec["variants"]}
+    ran = {variant: summary for variant, summary in summaries.items() if summary}
+    commits = {variant: commit(summary) for variant, summary in ran.items()}
+    mixed = len(set(commits.values())) > 1 or any(summary.get("git_dirty") is not False for summary in ran.values())
+    if mixed and not allow_mixed_commits:
+        raise UserError(
+            f"{runs}: the variants did not all run at one clean commit ("
+            + ", ".join(f"{variant} at {sha}" for variant, sha in commits.items())
+            + f"): rerun them at a clean commit (delete {runs}, then python -m lm experiment run {name}), or pass "
+            "--allow_mixed_commits true to write the table with every row marked"
+        )
     with_hellaswag, with_base = bool(spec.get("hellaswag")), bool(spec.get("hellaswag") and spec.get("init_from"))
     header = ["variant", "params", "tokens", "best val loss", "val bpb", "at step", "tokens/s", "wall time", "commit"]
     header += ["HellaSwag acc_norm"] * with_hellaswag + ["HellaSwag of its base"] * with_base
-    rows = [result_row(variant, runs / variant, with_hellaswag, with_base) for variant in spec["variants"]]
-    summaries = [read_json(runs / variant / "run_summary.json") or {} for variant in spec["variants"]]
-    environments = sorted({environment(s) for s in summaries if s.get("versions")})
-    lines = [f"# {name}", "", spec.get("question", "").strip(), "", markdown_table(header, rows), ""]
-    lines += [f"Ran with {line}." for line in environments]
+    rows = [result_row(v, summaries[v], runs / v, with_hellaswag, with_base) for v in spec["variants"]]
+    if mixed:
+        rows = [[f"{row[0]} ⚠", *row[1:]] for row in rows]
+    lines = [f"# {name}", "", spec.get("question", "").strip(), ""]
+    if mixed:
+        lines += [
+            "**⚠ Not one clean commit**: these variants ran at different commits or from a checkout with "
+            "uncommitted changes (see the commit column), so their numbers need not come back when rerun.",
+            "",
+        ]
+    lines += [markdown_table(header, rows), ""]
+    environments = {json.dumps(environment(summary)) for summary in ran.values()}
+    at = f"commit {next(iter(commits.values()))}" if not mixed and commits else "the commits above"
+    lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]
     plotted = [str(runs / variant) for variant in spec["variants"] if (runs / variant / "metrics.jsonl").is_file()]
     if plotted:
         plot(plotted, out=str(out / "results.png"))
         lines += ["", "![train loss, val loss, learning rate and throughput against tokens](results.png)"]
-    lines += ["", f"Written by `python -m lm experiment report {name}` from {runs}/*/run_summary.json."]
+    lines += [
+        "",
+        f"Written by `python -m lm experiment report {name}` from {runs}/*/run_summary.json; "
+        f"`python -m lm experiment verify {name}` reruns the variants and compares them with this table.",
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'results.md'}")
+    results = {
+        variant: {
+            "best_val_loss": (summary.get("best_val") or {}).get("val/loss"),
+            "best_step": (summary.get("best_val") or {}).get("step"),
+            "tokens_seen": summary["tokens_seen"],
+            "finished": summary["finished"],
+            "git_commit": summary.get("git_commit"),
+            "git_dirty": summary.get("git_dirty"),
+            **environment(summary),
+        }
+        for variant, summary in ran.items()
+    }
+    (out / "results.json").write_text(json.dumps({"experiment": name, "variants": results}, indent=2) + "\n")
+    print(f"wrote {out / 'results.md'} and results.json")
+
+
+def verify(
+    name: str, variant: list[str] | None = None, runs_root: str = "runs/verify", tolerance: float = VERIFY_TOLERANCE
+) -> None:
+    """Rerun variants of an experiment into a scratch directory and compare their best val loss with the committed
+    table (experiments/<name>/results.json).
+
+    Where the rerun's environment (device, thread count, deterministic setting, python/torch/lightning/lm versions)
+    is the committed one's, the loss must match exactly; elsewhere it may differ by `tolerance`. Exits non-zero
+    when a variant is off.
+
+    Args:
+        name: The experiment: a folder experiments/<name>/ holding experiment.yaml and results.json.
+        variant: Variants to rerun (default: all); a variant that starts from another variant reruns that one too.
+        runs_root: Scratch runs go to <runs_root>/<name>/<variant>/, replaced on every verify.
+        tolerance: Largest difference of best val loss (nats) accepted in another environment.
+    """
+    spec = load_experiment(name)
+    path = EXPERIMENTS / name / "results.json"
+    committed = (read_json(path) or {}).get("variants")
+    if not committed:
+        raise UserError(f"{path} not found: there is no committed table to verify (python -m lm experiment run {name})")
+    chosen = variant or list(committed)
+    for wanted in chosen:
+        if wanted not in committed:
+            raise UserError(f"{path} has no variant {wanted!r} (it has: {', '.join(committed)})")
+    bases = {spec.get("init_from", {}).get(v) for v in chosen} & set(spec["variants"])
+    chosen = [v for v in spec["variants"] if v in set(chosen) | bases]  # in experiment order: bases first
+    check_inputs(spec)
+    prepare_data(spec)
+    runs = Path(runs_root, name)
+    rows, failed = [], []
+    for v in chosen:
+        run_dir = runs / v
+        shutil.rmtree(run_dir, ignore_errors=True)
+        lm_command(*fit_args(spec, v, run_dir, base_checkpoint(spec, v, runs)))
+        rerun, then = read_json(run_dir / "run_summary.json"), committed[v]
+        loss = rerun["best_val"]["val/loss"]
+        same = environment(rerun) == environment(then)
+        allowed = 0.0 if same else tolerance
+        difference = loss - then["best_val_loss"]
+        ok = abs(difference) <= allowed
+        verdict = ("exact" if difference == 0 else f"within {allowed}") if ok else f"OFF (allowed: {allowed})"
+        rows.append(
+            [
+                v,
+                f"{then['best_val_loss']:.6f}",
+                f"{loss:.6f}",
+                f"{difference:+.6f}",
+                "same" if same else "different",
+                verdict,
+            ]
+        )
+        if not ok:
+            failed.append(v)
+    print(markdown_table(["variant", "committed", "rerun", "difference", "environment", "verdict"], rows))
+    if failed:
+        raise UserError(f"{name}: {', '.join(failed)} differ from {path} beyond the tolerance (table above)")
 
 
 def main(argv: list[str]) -> None:
-    CLI([run, report], args=argv, prog="python -m lm experiment")
+    CLI([run, report, verify], args=argv, prog="python -m lm experiment")

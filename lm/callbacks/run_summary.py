@@ -5,26 +5,25 @@
   after each validation with val/* and eval/* metrics. Lines are appended, so a resumed run continues the
   file (steps replayed after a crash appear twice; `python -m lm plot` keeps the later ones).
 - run_summary.json: parameters, tokens seen, best validation loss/ppl/bpb and its step, wall time, mean
-  throughput, lineage (continued pretraining), latest text samples and the config path, and what reproduces
-  the run beside config.yaml: the git commit (and whether the tree had uncommitted changes), the versions of
-  python, torch, lightning and lm, and the device. Rewritten atomically after each validation and at the
-  end, so a crashed run still has one.
+  throughput, lineage (continued pretraining), latest text samples, and everything that decides a CPU result: the
+  resolved config, the git commit (and whether the tree had uncommitted changes), the versions of python, torch,
+  lightning and lm, the device, the thread count and the deterministic-algorithms setting (lm.provenance).
+  Rewritten atomically after each validation and at the end, so a crashed run still has one.
 
 Rank 0 writes; the state needed to continue the summary (best, wall time) is saved in checkpoints.
 """
 
 import json
-import platform
-import subprocess
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 from lm.callbacks.samples import SampleCallback
 from lm.files import write_atomic
+from lm.provenance import environment, git_state
 
 
 def scalars(metrics: dict, keep) -> dict[str, float]:
@@ -38,37 +37,6 @@ def scalars(metrics: dict, keep) -> dict[str, float]:
 
 def is_eval_metric(name: str) -> bool:
     return name.startswith(("val/", "eval/"))
-
-
-def git_state() -> dict:
-    """The commit of the lm checkout and whether it had uncommitted changes (None for an installed copy of lm)."""
-    repo = Path(__file__).resolve().parents[2]
-    git, unknown = ["git", "-C", str(repo)], {"git_commit": None, "git_dirty": None}
-    if not (repo / ".git").exists():
-        return unknown
-    try:
-        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):  # no git program, or a broken checkout
-        return unknown
-    return {"git_commit": sha.strip(), "git_dirty": bool(status.stdout.strip())}
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:  # lm run from a source tree that was not pip-installed
-        return None
-
-
-def environment(device: torch.device) -> dict:
-    """Package versions and the device: what the numbers of a run (tokens/s above all) depend on."""
-    versions = {
-        "python": platform.python_version(),
-        **{name: package_version(name) for name in ("torch", "lightning", "lm")},
-    }
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    return {"versions": versions, "device": name}
 
 
 class RunSummaryCallback(L.Callback):
@@ -86,6 +54,7 @@ class RunSummaryCallback(L.Callback):
         self.last_step = 0
         self.before_validation: dict = {}
         self.provenance: dict = {}
+        self.config: dict | None = None  # the resolved config of the run (config.yaml), when the CLI wrote one
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wall_time_s": self.wall_time(), "throughput": self.throughput}
@@ -102,6 +71,8 @@ class RunSummaryCallback(L.Callback):
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.provenance = {**git_state(), **environment(pl_module.device)}
+            config = self.run_dir / "config.yaml"  # written by the CLI at setup, before this hook
+            self.config = yaml.safe_load(config.read_text()) if config.is_file() else None
 
     def on_train_start(self, trainer, pl_module):
         self.last_step = trainer.global_step  # after a resume, the restored step
@@ -147,7 +118,6 @@ class RunSummaryCallback(L.Callback):
     def write_summary(self, trainer, pl_module, finished: bool) -> None:
         samples = next((cb.samples for cb in trainer.callbacks if isinstance(cb, SampleCallback)), [])
         total, count = self.throughput
-        config = self.run_dir / "config.yaml"
         summary = {
             "finished": finished,
             "step": trainer.global_step,
@@ -158,7 +128,7 @@ class RunSummaryCallback(L.Callback):
             "mean_tokens_per_sec": total / count if count else None,
             "lineage": pl_module.lineage,
             "final_samples": samples,
-            "config": str(config) if config.is_file() else None,
+            "config": self.config,
             **self.provenance,
         }
         write_atomic(self.run_dir / "run_summary.json", (json.dumps(summary, indent=2) + "\n").encode())

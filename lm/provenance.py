@@ -1,0 +1,48 @@
+"""What decides a run's numbers besides its config: the code (git commit) and the environment it ran in.
+
+Recorded in every run_summary.json; `python -m lm experiment report` refuses a table whose variants ran at
+different commits, and `experiment verify` compares environments before it demands an exact match.
+"""
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+
+def git_state() -> dict:
+    """The commit of the lm checkout and whether it had uncommitted changes (None for an installed copy of lm)."""
+    repo = Path(__file__).resolve().parents[2]
+    git, unknown = ["git", "-C", str(repo)], {"git_commit": None, "git_dirty": None}
+    if not (repo / ".git").exists():
+        return unknown
+    try:
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):  # no git program, or a broken checkout
+        return unknown
+    return {"git_commit": sha.strip(), "git_dirty": bool(status.stdout.strip())}
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:  # lm run from a source tree that was not pip-installed
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """What a run's numbers depend on besides its config and code: package versions, the device, and on the CPU the
+    thread count (it changes the order of float sums) and whether torch's deterministic algorithms are enforced."""
+    versions = {
+        "python": platform.python_version(),
+        **{name: package_version(name) for name in ("torch", "lightning", "lm")},
+    }
+    return {
+        "versions": versions,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
