@@ -244,7 +244,9 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.model(x, y)
-        self.log("train/loss", loss, prog_bar=True)
+        # Not prog_bar=True: Lightning reads every progress-bar metric back from the device after each batch (a sync
+        # per step); lm's progress bar reads train/loss and val/loss itself at logging steps.
+        self.log("train/loss", loss)
         # Made on the device: self.log would copy a Python number there, a host sync on every CUDA step.
         on_device = lambda value: torch.full((), float(value), device=x.device)
         # TensorBoard's x-axis (Lightning's logger takes a logged "step"): optimizer steps done once this one is, as
@@ -275,12 +277,7 @@ class LanguageModel(L.LightningModule):
             if name == "all" or len(self.val_metrics) > 2:
                 prefix = "val" if name == "all" else f"val/{name}"
                 for key, value in metric.compute().items():
-                    self.log(
-                        f"{prefix}/{key}",
-                        value.float(),
-                        prog_bar=key == "loss" and name == "all",
-                        add_dataloader_idx=False,
-                    )
+                    self.log(f"{prefix}/{key}", value.float(), add_dataloader_idx=False)
             metric.reset()
         # TensorBoard's x-axis, as for training: optimizer steps done. validate and test log in a TensorBoard run of
         # their own, at the step of the checkpoint they evaluate, so their point sits beside the fit's curve.

@@ -187,13 +187,15 @@ def main(args: list[str] | None) -> None:
         raise SystemExit(EXIT_PREEMPTED) from None
 
 
-def run(args: list[str] | None) -> None:
+def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
+    """LightningCLI on `args`, with lm's default callbacks and any extra `callbacks` (the benchmark's timer)."""
     quiet_console()
-    LMCLI(
+    defaults = [MixtureLogger(), *default_callbacks(), PreemptionCheckpoint(), *callbacks]
+    return LMCLI(
         LanguageModel,
         TokenDataModule,
         args=args,
-        trainer_defaults={"callbacks": [MixtureLogger(), *default_callbacks(), PreemptionCheckpoint()]},
+        trainer_defaults={"callbacks": defaults},
         save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "python -m lm", "exit_on_error": False},  # errors raise ArgumentError: one line in main

@@ -8,10 +8,17 @@ class StepProgressBar(TQDMProgressBar):
 
     An lm run is one endless epoch of a token budget, which Lightning's bars show as "Epoch 0/-2" with a count of
     micro-batches. This bar counts optimizer steps against `max_steps` (as resolved from the token budget) and
-    continues from the restored step after a resume. The loss and other metrics beside it are read from the
-    device only at logging steps (`trainer.log_every_n_steps`), where the logger reads them anyway: updating the
-    bar never waits for the GPU, so its refresh rate can stay at every step on any device.
+    continues from the restored step after a resume. Beside it, `train/loss` and `val/loss` are read from the device
+    only at logging steps (`trainer.log_every_n_steps`) and after validations, where the logger reads them anyway
+    (metrics logged with Lightning's `prog_bar=True` would be read after every batch): updating the bar never waits
+    for the GPU, so its refresh rate can stay at every step on any device.
     """
+
+    SHOWN = ("train/loss", "val/loss")
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
+        metrics = trainer.callback_metrics
+        return {name: f"{metrics[name].item():.3f}" for name in self.SHOWN if name in metrics}
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         super().on_train_epoch_start(trainer)

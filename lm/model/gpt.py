@@ -21,6 +21,9 @@ from torch.utils.checkpoint import checkpoint
 
 from lm.errors import UserError
 from lm.model.config import ModelConfig
+from lm.model.loss import cross_entropy
+
+LOSS_CHUNK_TOKENS = 4096  # tokens per pass through the output layer in the loss (see lm/model/loss.py)
 
 
 def rope_cache(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +146,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         self.activation_checkpointing = False  # keep only block inputs for backward; recompute the rest
+        self.loss_chunk_tokens = LOSS_CHUNK_TOKENS  # 0: the loss from the whole batch's logits at once
         # Counted now, from whole tensors: under FSDP each rank's parameters later hold only its shard.
         padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
         self._num_params = sum(p.numel() for p in self.parameters()) - padding * (1 if config.tie_embeddings else 2)
@@ -188,6 +192,11 @@ class GPT(nn.Module):
             else:
                 x = block(x, rope, pos)
         x = self.transformer.ln_f(x)
+        if targets is not None and self.loss_chunk_tokens:
+            # Through the output layer a chunk of tokens at a time (lm/model/loss.py): the value and gradients of the
+            # cross-entropy below, without ever holding the (B, T, vocab) logits.
+            weight, vocab = self.lm_head.weight, self.config.vocab_size
+            return cross_entropy(x.flatten(0, 1), weight, targets.flatten(), vocab, self.loss_chunk_tokens)
         logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size); padding never predicted
         if targets is None:
             return logits

@@ -1,0 +1,67 @@
+"""The output layer and its cross-entropy, a chunk of tokens at a time: the logits of a whole batch never exist at once.
+
+For GPT-2's 50304-wide output layer the logits dominate a training step's memory: B·T × 50304 values in the
+autocast dtype, their fp32 copy, the log-softmax autograd keeps, and its gradient, about 26 GB for 32 × 1024 tokens
+(against ~2 GB for the 124M model's weights, gradients and AdamW state). Here the tokens go through the output layer
+`chunk` rows at a time; each chunk's softmax gives its loss and, in the same pass, the gradients of the hidden
+states and of the weight (softmax − one-hot, times the other operand), so backward only scales what forward
+computed and no matmul is done twice. Peak memory for the loss is one chunk's logits (chunk × vocab).
+
+Padded vocabulary rows (50257 → 50304) take part in the matmuls, whose shapes stay multiples of 64, but their logits
+are cut off before the softmax: they are never predicted and get zero gradient.
+"""
+
+import torch
+
+
+def log_probs(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's padded fp32 logits (rows, padded vocab) and its log-probabilities over the real vocabulary."""
+    logits = (hidden @ weight.t()).float()
+    return logits, logits[:, :vocab_size].log_softmax(dim=-1)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`; gradients computed in forward, chunk by chunk.
+
+    The operations are those autograd runs for `F.cross_entropy(logits[:, :vocab].float(), targets)` (log-softmax;
+    its gradient exp(log-softmax) − one-hot over the padded width, zeros in the padding; the two matmuls), so the
+    results agree with it to rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int):
+        n = targets.numel()
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, n, chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]
+            logits, logp = log_probs(h, weight, vocab_size)
+            loss -= logp.gather(1, t[:, None]).sum()
+            grad = logits  # reused: softmax − one-hot, divided by n, zero in the padded columns
+            grad[:, :vocab_size] = logp.exp_()
+            grad[:, vocab_size:] = 0.0
+            grad[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad = grad.div_(n).to(weight.dtype)
+            grad_hidden[start : start + chunk] = grad @ weight
+            grad_weight += grad.t() @ h
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None
+
+
+def cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, chunk: int
+) -> torch.Tensor:
+    """Mean next-token cross-entropy (fp32) of hidden states (N, C) through the output layer `weight` (V, C)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk)
+    losses = [
+        -log_probs(h, weight, vocab_size)[1].gather(1, t[:, None]).sum()
+        for h, t in zip(hidden.split(chunk), targets.split(chunk))
+    ]
+    return torch.stack(losses).sum() / targets.numel()

@@ -1,0 +1,46 @@
+"""Device→host reads in the training loop, counted through the real CLI stack: none between logging steps."""
+
+import lightning as L
+
+from lm.callbacks.host_reads import HostReadCounter
+from lm.train import run
+from tests.conftest import write_config
+
+
+class ReadsTheLossEveryStep(L.Callback):
+    """What a careless callback does (a host sync per step on a GPU): the counter must see it."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        float(outputs["loss"])
+
+
+def count_reads(tmp_path, text_corpus, *callbacks) -> dict:
+    """8 steps through `python -m lm fit`'s stack (every default callback, the progress bar, TensorBoard,
+    checkpoints), logging every 4 steps, validating at 4 and 8."""
+    settings = {
+        "trainer.max_steps": 8,
+        "trainer.log_every_n_steps": 4,
+        "trainer.val_check_interval": 4,
+        "trainer.enable_progress_bar": True,
+    }
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run", **settings)
+    counter = HostReadCounter()
+    run(["fit", "--config", config, "--overwrite", "true"], callbacks=(counter, *callbacks))
+    assert sorted(counter.steps) == list(range(1, 9))
+    return counter.summary(log_every_n_steps=4)
+
+
+def test_no_host_reads_between_logging_steps(tmp_path, text_corpus):
+    reads = count_reads(tmp_path, text_corpus)
+    assert reads["between_logging_steps"] == 0
+    # At a logging step (docs/performance.md): Lightning's logger 9 (one per metric logged), metrics.jsonl 8, the
+    # progress bar 1-2 (train/loss, then val/loss too), the non-finite guard 1, and on the CPU only the seed of
+    # the validation DataLoader that a validation at the same step starts (a CPU tensor on a GPU) 1.
+    assert reads["per_logging_step"] == [20, 21]
+    assert 0 < reads["validation"] <= 40
+
+
+def test_the_counter_sees_a_read_per_step(tmp_path, text_corpus):
+    reads = count_reads(tmp_path, text_corpus, ReadsTheLossEveryStep())
+    assert reads["between_logging_steps"] == 6  # steps 1, 2, 3, 5, 6, 7
+    assert reads["per_logging_step"] == [21, 22]
