@@ -10,22 +10,23 @@ Design choices:
   (`encode_ordinary`), never id 50256.
 - Document i goes to val iff splitmix64(seed, i) / 2^64 < val_fraction: deterministic, order-independent. With
   `--val_tokens N` that rule fills val only until it holds N tokens (whole documents); later documents all train.
-- Pipeline. The source is a stream (lm.data.sources). A reader thread pulls the next chunk of `chunk_docs`
-  documents (downloading and decoding parquet/JSON/zstd as it goes) while `num_proc` tokenizer processes encode
-  the previous ones; the main process hands them ~1 MB batches of text, keeps two per process queued, and appends
-  the results to the shard files in corpus order. Written by hand because `Dataset.map(num_proc)` starts a pool
-  per call and waits for its slowest process, so the cores idle while the next chunk is read and the last one
-  written, and a streaming dataset has no `map(num_proc)`.
+- Pipeline. The source is a stream (lm.data.sources). A reader thread pulls the next READ_DOCS documents
+  (downloading and decoding parquet/JSON/zstd as it goes) while `num_proc` tokenizer processes encode the previous
+  ones; the main process hands them ~1 MB batches of text, keeps four per process queued, and appends the results
+  to the shard files in corpus order. Written by hand because `Dataset.map(num_proc)` starts a pool per call and
+  waits for its slowest process, so the cores idle while the next chunk is read and the last one written, and a
+  streaming dataset has no `map(num_proc)`.
 - Shards hold exactly `shard_tokens` tokens (the last of a split fewer); documents may straddle shards, a shard's
   `documents`/`bytes` count the documents that start in it.
-- Interruptions. The output grows in `<out>.partial/`. After every chunk the shard files are fsynced and
-  `progress.json` records the documents consumed, the stream's position (`IterableDataset.state_dict()`: a
-  resumed stream skips whole files without reading them), the finished shards and how much of each open shard
-  is written. Running the same command again continues from there: open shards are cut back to the recorded
-  length, the stream restarts after the recorded document, and the output is byte-identical to an uninterrupted
-  prepare. Other arguments than the first run's are refused (one line naming the key). Read errors that are not
-  about the data (network, filesystem, a truncated download) are retried `RETRIES` times with exponential backoff,
-  restarting the stream from the last chunk read; giving up keeps `<out>.partial` for the next run.
+- Interruptions. The output grows in `<out>.partial/`. Every `chunk_docs` documents the shard files are fsynced
+  and `progress.json` records the documents consumed, the stream's position (`IterableDataset.state_dict()`: a
+  resumed stream skips the files before that position unread and re-reads the current one up to it), the
+  finished shards and how much of each open shard is written. Running the same command again continues from
+  there: open shards are cut back to the recorded length, the stream restarts after the recorded document, and
+  the output is byte-identical to an uninterrupted prepare. Other arguments than the first run's are refused (one
+  line naming the key). Read errors that are not about the data (network, filesystem, a truncated download) are
+  retried `RETRIES` times with exponential backoff, restarting the stream after the last documents read; giving
+  up keeps `<out>.partial` for the next run.
 - When the stream or the `--max_tokens` budget ends, manifest.json is written and `<out>.partial` renamed to
   `<out>`. A non-empty `<out>` is refused.
 """
@@ -39,7 +40,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -59,6 +60,7 @@ from lm.files import write_atomic
 
 PROGRESS = "progress.json"
 SPLITS = ("train", "val")
+READ_DOCS = 1000  # documents per read from the stream: the reader keeps about this far ahead of the tokenizers
 TASK_BYTES = 1 << 20  # text per tokenizer task: ~0.1 s of work, so queueing costs ~1%
 RETRIES = 10
 RETRY_DELAY = 1.0  # seconds before the first retry; doubles after each failure, up to MAX_RETRY_DELAY
@@ -87,8 +89,8 @@ def prepare(
 ) -> Path:
     """Tokenize a text source with GPT-2 BPE into uint16 shards plus manifest.json.
 
-    An interrupted prepare (kill, crash, network failure) continues from its last chunk when the same command is
-    run again; the result is identical to an uninterrupted one.
+    An interrupted prepare (kill, crash, network failure) continues from where it last saved its progress when the
+    same command is run again; the result is identical to an uninterrupted one.
 
     Args:
         source: python-docs (built in), local (needs --path), or a hub source: fineweb, fineweb-edu, dclm, c4,
@@ -112,13 +114,29 @@ def prepare(
         shard_tokens: Tokens per shard file.
         max_tokens: Stop after this many tokens (train + val, whole documents), e.g. 2e9.
         num_proc: Tokenizer processes (default: the CPUs this process may use, os.sched_getaffinity).
-        chunk_docs: Documents read per step; progress is saved after each chunk (the resume granularity).
+        chunk_docs: Progress is saved every chunk_docs documents (the granularity of a resume).
     """
     arguments = {name: value for name, value in locals().items() if name != "num_proc"}  # the manifest records them
-    out_dir = Path(out)
+    return prepare_stream(
+        lambda revision: load_source(source, path, dataset, subset, split, text_field, revision, streaming),
+        arguments,
+        num_proc,
+    )
+
+
+def prepare_stream(open_source: Callable[[str | None], tuple], arguments: dict, num_proc: int | None = None) -> Path:
+    """`prepare` once it knows how to open its source: `open_source(revision)` -> (stream, its description).
+
+    `arguments` are prepare's arguments but num_proc: the settings, recorded in the manifest. (The benchmark passes
+    a simulated stream here.)
+    """
+    out_dir, revision = Path(arguments["out"]), arguments["revision"]
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output directory {out_dir} already exists and is not empty; choose another --out")
-    check_arguments(val_fraction, val_tokens, max_tokens, shard_tokens, chunk_docs, num_proc)
+    check_arguments(**{key: arguments[key] for key in ("val_fraction", "val_tokens", "max_tokens", "shard_tokens")})
+    for name, value in (("chunk_docs", arguments["chunk_docs"]), ("num_proc", num_proc or 1)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
     num_proc = num_proc or usable_cpus()
     partial = out_dir.with_name(out_dir.name + ".partial")
     progress = read_progress(partial)
@@ -126,24 +144,24 @@ def prepare(
         revision = progress["head"]["source"].get("revision")
     get_encoding()  # fail now if the BPE cannot load
     with tokenizer_pool(num_proc) as pool:  # before the source starts any thread (fork safety)
-        ds, description = load_source(source, path, dataset, subset, split, text_field, revision, streaming)
+        ds, description = open_source(revision)
         head = manifest_head(description, arguments)
         if progress:
             check_same_run(partial, progress["head"], head)
             print(f"continuing {partial}: {progress['documents']:,} documents done", file=sys.stderr)
         else:
-            shutil.rmtree(partial, ignore_errors=True)  # a run killed before its first chunk
+            shutil.rmtree(partial, ignore_errors=True)  # a run killed before it saved progress
             partial.mkdir(parents=True)
             progress = {"head": head, "documents": 0, "tokens": 0, "stream": None, "splits": {}}
         try:
-            splits = write_shards(ds, partial, progress, pool, num_proc, chunk_docs, max_tokens, source)
+            splits = write_shards(ds, partial, progress, pool, num_proc, arguments)
         except BaseException as err:
-            if not (partial / PROGRESS).exists():  # stopped before its first chunk: nothing to continue from
+            if not (partial / PROGRESS).exists():  # stopped before it saved progress: nothing to continue from
                 shutil.rmtree(partial, ignore_errors=True)
             elif not isinstance(err, UserError):
                 print(f"prepare stopped; {partial} keeps the work done: run the same command again", file=sys.stderr)
             raise
-    check_splits(splits, partial, source, val_fraction, val_tokens)
+    check_splits(splits, partial, arguments["source"], arguments["val_fraction"], arguments["val_tokens"])
     write_atomic(partial / MANIFEST, json.dumps({**head, "splits": splits}, indent=2).encode())
     (partial / PROGRESS).unlink(missing_ok=True)
     if out_dir.exists():
@@ -152,13 +170,12 @@ def prepare(
     return out_dir
 
 
-def check_arguments(val_fraction, val_tokens, max_tokens, shard_tokens, chunk_docs, num_proc) -> None:
+def check_arguments(val_fraction, val_tokens, max_tokens, shard_tokens) -> None:
     """One line for each impossible combination, before any work."""
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val_fraction must be in [0, 1), got {val_fraction}")
-    for name, value in (("shard_tokens", shard_tokens), ("chunk_docs", chunk_docs), ("num_proc", num_proc or 1)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1, got {value}")
+    if shard_tokens < 1:
+        raise UserError(f"--shard_tokens must be at least 1, got {shard_tokens}")
     if val_tokens is None:
         return
     if val_tokens < 1 or val_fraction == 0:
@@ -252,12 +269,13 @@ def check_splits(splits: dict, partial: Path, source: str, val_fraction: float, 
         )
 
 
-def write_shards(ds, partial, progress, pool, num_proc, chunk_docs, max_tokens, source) -> dict:
+def write_shards(ds, partial: Path, progress: dict, pool, num_proc: int, arguments: dict) -> dict:
     """Tokenize the stream from `progress` on into the shard files of `partial`; the splits' manifest entries."""
-    head = progress["head"]["split"]
-    seed, val_fraction, val_tokens = head["seed"], head["val_fraction"], head["val_tokens"]
-    shard_tokens = progress["head"]["shard_tokens"]
-    writers = {name: ShardWriter(partial, name, shard_tokens, progress["splits"].get(name)) for name in SPLITS}
+    seed, val_fraction, val_tokens = arguments["seed"], arguments["val_fraction"], arguments["val_tokens"]
+    source, chunk_docs, max_tokens = arguments["source"], arguments["chunk_docs"], arguments["max_tokens"]
+    writers = {
+        name: ShardWriter(partial, name, arguments["shard_tokens"], progress["splits"].get(name)) for name in SPLITS
+    }
     budget = int(max_tokens) if max_tokens else None
     datasets.disable_progress_bars()  # one bar, ours: tokens/s and docs/s
     bar = tqdm(total=budget, initial=progress["tokens"], unit="tok", unit_scale=True, desc=f"prepare {source}")
@@ -286,13 +304,19 @@ def write_shards(ds, partial, progress, pool, num_proc, chunk_docs, max_tokens, 
         write_atomic(partial / PROGRESS, json.dumps(progress).encode())
 
     def tasks() -> Iterator[Future | dict]:
-        """A tokenizer task per batch of text and, after each chunk's tasks, the stream state that follows it."""
-        for batches, stream_state in prefetched(read_chunks(ds, chunk_docs, progress["stream"])):
+        """A tokenizer task per batch of text and, every chunk_docs documents, the stream state after them."""
+        unsaved = 0
+        for batches, count, stream_state in prefetched(
+            read_batches(ds, min(READ_DOCS, chunk_docs), progress["stream"])
+        ):
             yield from (pool.submit(encode_documents, batch) for batch in batches)
-            yield stream_state
+            unsaved += count
+            if unsaved >= chunk_docs:
+                yield stream_state
+                unsaved = 0
 
     try:
-        for item in ahead(tasks(), 2 * num_proc):
+        for item in ahead(tasks(), 4 * num_proc):
             if isinstance(item, dict):
                 checkpoint(item)
             elif write(*item.result()):
@@ -321,20 +345,20 @@ def prefetched(items: Iterator) -> Iterator:
             yield item
 
 
-def read_chunks(ds: datasets.IterableDataset, chunk_docs: int, state: dict | None) -> Iterator[tuple[list, dict]]:
-    """(text batches of about TASK_BYTES, stream state after them) for consecutive chunks of chunk_docs documents.
+def read_batches(ds: datasets.IterableDataset, docs: int, state: dict | None) -> Iterator[tuple[list, int, dict]]:
+    """(text in batches of about TASK_BYTES, document count, stream state after them) for every `docs` documents.
 
     Starts at `state` (None: the beginning). An error that is not about the data is retried with exponential backoff,
-    the stream restarting after the last chunk it delivered; after RETRIES failures in a row it is given up.
+    the stream restarting after the last documents it delivered; after RETRIES failures in a row it is given up.
     """
     ds = ds.with_format("arrow")
     tables, failures = None, 0
     while True:
         try:
-            if tables is None:  # (re)start the stream after the last chunk delivered
+            if tables is None:  # (re)start the stream after the last documents delivered
                 if state is not None:
                     ds.load_state_dict(state)
-                tables = ds.iter(batch_size=chunk_docs)
+                tables = ds.iter(batch_size=docs)
             table = next(tables, None)
         except DATA_ERRORS as err:
             raise UserError(f"bad data in the source ({type(err).__name__}: {first_line(err)})") from None
@@ -355,7 +379,7 @@ def read_chunks(ds: datasets.IterableDataset, chunk_docs: int, state: dict | Non
         if table is None:
             return
         state, failures = ds.state_dict(), 0
-        yield text_batches(table.column("text").combine_chunks()), state
+        yield text_batches(table.column("text").combine_chunks()), len(table), state
 
 
 def first_line(err: BaseException) -> str:
@@ -435,9 +459,11 @@ class ShardWriter:
             if int(stale.stem.rpartition("_")[2]) > len(self.shards):
                 stale.unlink()
         path, size = self.path(), self.open["tokens"] * DTYPE().itemsize
-        if path.exists() and path.stat().st_size >= size:
+        if size == 0:
+            path.unlink(missing_ok=True)
+        elif path.exists() and path.stat().st_size >= size:
             os.truncate(path, size)
-        elif size:
+        else:
             raise UserError(f"{path} is shorter than {directory / PROGRESS} records; delete {directory} and start over")
 
     @property
