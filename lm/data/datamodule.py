@@ -208,23 +208,32 @@ class TokenDataModule(LightningDataModule):
         if (state_dict.get("seed"), state_dict.get("seq_len")) != (self.seed, self.seq_len):
             rank_zero_warn("resuming data with a different seed or seq_len: the stream continues but differs")
         self.consumed_samples = int(state_dict["consumed_samples"])
-        saved = state_dict.get("mixture")
         fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        saved = state_dict.get("mixture")
         if saved is None or not fitting:  # a checkpoint older than mixture records, or validate/test
             return
-        changes = mixture_changes(saved, self.mixture_config())
-        if not changes:
+        if not self.check_resume(state_dict):
             self.mixture = self._mixture((saved["base_samples"], saved["base_counts"]))
             return
-        if not self.allow_mixture_change:
+        served = {name: info["samples"] for name, info in state_dict["sources"].items()}
+        self.mixture = self._mixture((self.consumed_samples, served))
+
+    def check_resume(self, state_dict: dict | None) -> list[str]:
+        """How this data's mixture differs from the one a checkpoint's `state_dict()` was drawn from.
+
+        Refused (one line) unless `allow_mixture_change`; lm.train asks before the Trainer writes anything.
+        """
+        saved = (state_dict or {}).get("mixture")
+        changes = mixture_changes(saved, self.mixture_config()) if saved else []
+        if changes and not self.allow_mixture_change:
             raise UserError(
                 f"the data mixture differs from the checkpoint's ({'; '.join(changes)}): resuming would redraw "
                 "every source's position as if the new mixture had always applied; restore it, or set "
                 "data.allow_mixture_change: true to continue each source from where it was"
             )
-        rank_zero_warn(f"data mixture changed on resume ({'; '.join(changes)}); each source continues where it was")
-        served = {name: info["samples"] for name, info in state_dict["sources"].items()}
-        self.mixture = self._mixture((self.consumed_samples, served))
+        if changes:
+            rank_zero_warn(f"data mixture changed on resume ({'; '.join(changes)}); each source continues where it was")
+        return changes
 
 
 def mixture_changes(before: dict, now: dict) -> list[str]:
