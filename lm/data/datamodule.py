@@ -21,6 +21,7 @@ val split in file order: the same windows at every validation.
 """
 
 import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,11 @@ class TokenDataModule(LightningDataModule):
                 raise UserError(f"data.{name} must be at least 1, got {value}")
         if num_workers < 0 or val_batches < 0:
             raise UserError("data.num_workers and data.val_batches must be ≥ 0")
+        methods = multiprocessing.get_all_start_methods()
+        if multiprocessing_context not in (None, *methods):
+            raise UserError(
+                f"data.multiprocessing_context must be one of {', '.join(methods)}, not {multiprocessing_context!r}"
+            )
         self.dirs = {Path(sources).name: sources} if isinstance(sources, str) else dict(sources)
         if not self.dirs:
             raise UserError("data.sources is empty")

@@ -244,8 +244,9 @@ def test_what_workers_receive_pickles_to_a_few_kb(large):
 @pytest.mark.parametrize("context", ["spawn", "forkserver"])
 def test_workers_started_by_spawn_and_forkserver_read_the_same_batches(blend, context):
     def batches(workers: int, context=None):
-        dm = TokenDataModule(blend, BLEND, seq_len=SEQ, batch_size=BATCH, num_workers=workers)
-        dm.multiprocessing_context = context
+        dm = TokenDataModule(
+            blend, BLEND, seq_len=SEQ, batch_size=BATCH, num_workers=workers, multiprocessing_context=context
+        )
         train = take(dm.train_dataloader(), 6)
         val = DataLoader(dm.val_dataloader()[1].dataset, None, num_workers=workers, multiprocessing_context=context)
         return train, [x for x, _ in val]
