@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from lm.data.packed import read_manifest
-from lm.data.prepare import prepare, val_mask
+from lm.data.prepare import ShardWriter, prepare, val_mask
 from lm.data.sources import HUB_SOURCES, load_source, python_docstrings
 from lm.data.tokenizer import EOT, get_encoding
 from lm.errors import UserError
@@ -218,27 +218,49 @@ def test_hub_sources_are_never_downloaded_whole():
 
 
 def test_hub_revision_is_resolved_read_and_recorded(tmp_path, monkeypatch):
-    """The hub itself cannot be reached here: its API answers with a commit, and the repository is a local copy."""
-    docs = make_docs(40)
-    mirror = dclm_mirror(tmp_path / "repo", docs)
-    sha = "a3b1d2c4" * 5
-    asked = {}
+    """The hub cannot be reached here: its API answers with commits, and the repository is a local copy.
+
+    An interrupted prepare continues at the commit it started on, even after the hub moved on.
+    """
+    mirror = dclm_mirror(tmp_path / "repo", make_docs(200))
+    first, later = "a3b1d2c4" * 5, "ffee0011" * 5
+    hub = {"head": first}
+    asked = []
 
     def dataset_info(self, repo_id, revision=None, **kwargs):
-        asked["info"] = (repo_id, revision)
-        return SimpleNamespace(sha=sha)
+        asked.append(("info", repo_id, revision))
+        return SimpleNamespace(sha=revision or hub["head"])
 
     real_load = datasets.load_dataset
 
     def load_dataset(path, name=None, **kwargs):
-        asked["load"] = (path, name, kwargs["revision"], kwargs["streaming"])
+        asked.append(("load", path, kwargs["revision"], kwargs["streaming"]))
         return real_load(str(mirror), name, **{**kwargs, "revision": None})
 
     monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", dataset_info)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    out = prepare(source="dclm", out=str(tmp_path / "out"), val_fraction=0.1, num_proc=1)
-    assert asked == {
-        "info": ("mlfoundations/dclm-baseline-1.0", None),
-        "load": ("mlfoundations/dclm-baseline-1.0", None, sha, True),
-    }
-    assert read_manifest(out)["source"]["revision"] == sha
+    real_add, calls = ShardWriter.add, []
+
+    def failing_add(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ConnectionResetError("gone")
+        real_add(self, *args)
+
+    monkeypatch.setattr(ShardWriter, "add", failing_add)
+    options = {"out": str(tmp_path / "out"), "val_fraction": 0.1, "num_proc": 1, "chunk_docs": 40}
+    with pytest.raises(ConnectionResetError):
+        prepare(source="dclm", **options)
+    assert asked == [
+        ("info", "mlfoundations/dclm-baseline-1.0", None),
+        ("load", "mlfoundations/dclm-baseline-1.0", first, True),
+    ]
+
+    hub["head"], asked[:] = later, []
+    monkeypatch.setattr(ShardWriter, "add", real_add)
+    out = prepare(source="dclm", **options)
+    assert asked == [
+        ("info", "mlfoundations/dclm-baseline-1.0", first),
+        ("load", "mlfoundations/dclm-baseline-1.0", first, True),
+    ]
+    assert read_manifest(out)["source"]["revision"] == first
