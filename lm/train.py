@@ -122,9 +122,24 @@ class LMCLI(LightningCLI):
             write_atomic(Path(trainer.log_dir) / "metrics.json", (json.dumps(results, indent=2) + "\n").encode())
 
     def check_inputs(self, stage: str) -> None:
-        """Open and check the data against the model before the Trainer writes anything (events, config.yaml)."""
+        """Open and check the data against the model, and a resumed run's data against its checkpoint, before the
+        Trainer writes anything (events, config.yaml)."""
         self.datamodule.setup(stage)
         self.model.check_data(self.datamodule)
+        resumed = checkpoint_to_resume(self.config[self.subcommand]) if stage == "fit" else None
+        if resumed is not None and hasattr(self.datamodule, "check_resume"):
+            self.datamodule.check_resume(load_checkpoint(resumed).get(type(self.datamodule).__qualname__))
+
+
+def checkpoint_to_resume(config) -> Path | None:
+    """The file fit's `--ckpt_path` resumes from: a path, or for "last" the newest last*.ckpt of the run (if any)."""
+    if config.ckpt_path in (None, "best", "hpc"):
+        return None
+    if config.ckpt_path != "last":
+        return Path(config.ckpt_path)
+    run_dir = Path(config.trainer.default_root_dir or "runs/default")
+    found = Path(config.checkpoint.dirpath or run_dir / "checkpoints").glob("last*.ckpt")
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def claim_run_dir(config) -> None:

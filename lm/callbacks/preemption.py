@@ -1,15 +1,21 @@
-"""Preemption: on SIGTERM (or SIGUSR1, SLURM's advance warning) save last.ckpt and exit with code 75.
+"""Preemption: on SIGTERM (or SIGUSR1, SLURM's advance warning) finish the optimizer step, save last.ckpt, exit 75.
 
-Lightning already turns SIGTERM into a `SIGTERMException` at the end of the current step (after the optimizer
-step and any validation due then), a clean step boundary; this callback saves that state as last.ckpt, where
-`--ckpt_path last` finds it, and `lm.train` exits with EXIT_PREEMPTED = 75 (sysexits' EX_TEMPFAIL, "try again
+Lightning turns SIGTERM into a `SIGTERMException` after whichever micro-batch is running. With gradient
+accumulation that can be the middle of a window: the checkpoint would count the window's first micro-batches as
+consumed while their gradients are lost, and the resumed run would take its first step from fewer micro-batches.
+So this callback takes the signal first and passes it on to Lightning only when the window ends, after its
+optimizer step (and after a validation due at that step): last.ckpt is then an exact step boundary and
+`--ckpt_path last` continues bit-identically (on CPU: tested with accumulation 4, signalled at the second
+micro-batch of a window). The wait is at most one optimizer step. Under DDP the ranks decide together at the end of
+each step (one all-reduce of a flag per step; Lightning itself broadcasts its flag at every micro-batch), so all
+stop after the same step. `lm.train` then exits with EXIT_PREEMPTED = 75 (sysexits' EX_TEMPFAIL, "try again
 later"), which a job script can tell apart from a failure (1) or a kill (128 + signal).
 
 SIGUSR1: under SLURM with auto-requeue (Lightning's SLURMEnvironment default) Lightning owns SIGUSR1: it saves
 hpc_ckpt_<n>.ckpt and runs `scontrol requeue`; SLURM then sends SIGTERM, which lands here. Without SLURM (or
 with auto_requeue off) SIGUSR1 has no handler, and this callback makes it act as SIGTERM, so
-`#SBATCH --signal=USR1@90` works with any launcher. A signal before training starts (setup, restore) still
-ends the process the default way; the previous last.ckpt is untouched.
+`#SBATCH --signal=USR1@90` works with any launcher. A signal before training starts (setup, restore, the sanity
+check) still ends the process the default way; the previous last.ckpt is untouched.
 """
 
 import os
@@ -29,13 +35,42 @@ def as_sigterm(signum, frame) -> None:
 
 
 class PreemptionCheckpoint(L.Callback):
-    """Saves last.ckpt when the run is stopped by SIGTERM/SIGUSR1 (see the module docstring)."""
+    """Stops a run at the end of the optimizer step during which SIGTERM/SIGUSR1 came, and saves last.ckpt there."""
+
+    def __init__(self):
+        self.trainer = None
+        self.lightning_sigterm = None  # the Trainer's SIGTERM handler, called once the step is complete
+        self.stop_requested = False
+        self.step_at_batch_start = 0
 
     def on_train_start(self, trainer, pl_module):
-        # The Trainer registered its handlers (SIGTERM; SIGUSR1 only for SLURM auto-requeue) just before this hook.
-        free = signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)
-        if free and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGUSR1, as_sigterm)  # the Trainer restores the old handler at teardown
+        # The Trainer registered its handlers (SIGTERM; SIGUSR1 only for SLURM auto-requeue) just before this hook,
+        # and restores the ones it found at teardown.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGUSR1, as_sigterm)
+        self.trainer, self.stop_requested = trainer, False
+        self.lightning_sigterm = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    def request_stop(self, signum, frame) -> None:
+        launcher = self.trainer.strategy.launcher
+        if not self.stop_requested and launcher is not None:
+            launcher.kill(signum)  # the ranks this process started get the signal now, as Lightning would do
+        self.stop_requested = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.lightning_sigterm is None or trainer.global_step == self.step_at_batch_start:
+            return  # not ours to handle, or inside an accumulation window: its optimizer step is still to come
+        stop = self.stop_requested
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and callable(self.lightning_sigterm):
+            self.lightning_sigterm(signal.SIGTERM, None)  # Lightning raises SIGTERMException at the end of this batch
 
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:

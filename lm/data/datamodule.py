@@ -1,102 +1,39 @@
 """TokenDataModule: prepared sources -> weighted, resumable (x, y) batches for Lightning.
 
-Order of the stream. Global sample k is `Mixture.locate(k)`. Rank r of W, at its local micro-batch t, reads
-global samples [(t * W + r) * B, (t * W + r + 1) * B): ranks read disjoint windows, and together they read
-exactly what one process with the same B would, in the same order (one process's step t * W + r). DataLoader
-worker w of N builds local batches t = start + w, start + w + N, ...; the DataLoader returns them in order.
+Order of the stream. Global sample k is `Mixture.locate(k)`. A loader started when c samples had been consumed
+gives rank r of W, at its local micro-batch t, global samples c + [(t * W + r) * B, (t * W + r + 1) * B): ranks
+read disjoint windows, and together they read exactly what one process with the same B would, in the same order.
+DataLoader worker w of N builds local batches t = w, w + N, ...; the DataLoader returns them in order.
 
 Resume. `state_dict()` stores the global samples consumed by training, counted in `on_after_batch_transfer`
-(main process, once per batch training actually received), not what workers have prefetched. Everything else
-(per-source positions, epochs, schedule position) is a function of that count, recomputed on load, and stored
-alongside only for humans. A resumed run continues the same stream, with or without gradient accumulation.
+(main process, once per batch training actually received), not what workers have prefetched, and the mixture it
+was drawn from (sources, their sizes, weights, schedule). Per-source positions and epochs follow from the count
+and are stored alongside. A resumed run continues the same stream from exactly that sample, with or without
+gradient accumulation, on any number of ranks (no rounding to a multiple of B x W). A mixture that differs from
+the checkpoint's is refused with one line naming the change, unless `allow_mixture_change` is set: then each source
+continues from the samples it had served (their counts become the new mixture's base, lm.data.mixture).
+
+Epochs. A source whose windows have all been served starts its next pass over them, in a new order; rank 0 warns
+once per source when that first happens and `data/<source>/epoch` (passes so far, fractional) is logged.
 
 Validation. One loader per source (`source_names` order), the first `val_batches` batches of windows of its
 val split in file order: the same windows at every validation.
 """
 
-import itertools
+import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
+from lm.data.batches import TrainBatches, ValBatches
 from lm.data.mixture import Mixture, Schedule
 from lm.data.packed import PackedWindows, check_vocab, read_manifest
 from lm.errors import UserError
-
-
-def worker_shard() -> tuple[int, int]:
-    """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
-    info = get_worker_info()
-    return (info.id, info.num_workers) if info else (0, 1)
-
-
-def as_pair(tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, seq_len + 1) windows -> inputs and next-token targets, each a contiguous (B, seq_len) int64 tensor.
-
-    Both live in one storage, so a DataLoader worker ships one shared-memory segment per batch, not two
-    (per-segment cost dominates: this doubles worker throughput).
-    """
-    pair = torch.empty((2, tokens.shape[0], tokens.shape[1] - 1), dtype=torch.int64)
-    pair[0], pair[1] = torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:])
-    return pair[0], pair[1]
-
-
-class TrainBatches(IterableDataset):
-    """Endless mixture batches for one rank, starting at its local micro-batch `start_step`."""
-
-    def __init__(
-        self,
-        windows: list[PackedWindows],
-        mixture: Mixture,
-        batch_size: int,
-        start_step: int,
-        rank: int,
-        world_size: int,
-    ):
-        self.windows, self.mixture, self.batch_size = windows, mixture, batch_size
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-
-    def first_sample(self, step: int) -> int:
-        """Global index of the first sample of this rank's local micro-batch `step`."""
-        return (step * self.world_size + self.rank) * self.batch_size
-
-    def __iter__(self):
-        worker, workers = worker_shard()
-        for step in itertools.count(self.start_step + worker, workers):
-            sources, indices = self.mixture.locate(self.first_sample(step), self.batch_size)
-            tokens = np.empty((self.batch_size, self.mixture.seq_len + 1), dtype=np.int64)
-            for source in np.unique(sources):
-                rows = sources == source
-                tokens[rows] = self.windows[source].batch(indices[rows])
-            yield as_pair(tokens)
-
-
-class ValBatches(IterableDataset):
-    """The first `num_batches` batches of a val split, in order, split over ranks and workers.
-
-    Every rank runs the same number of batches (the count is rounded down to a multiple of the world size):
-    under DDP and FSDP each forward pass is a collective, and a rank with one batch more would wait forever.
-    """
-
-    def __init__(self, windows: PackedWindows, batch_size: int, num_batches: int, rank: int, world_size: int):
-        self.windows, self.batch_size, self.rank, self.world_size = windows, batch_size, rank, world_size
-        available = min(num_batches, -(-len(windows) // batch_size))
-        self.num_batches = available - available % world_size
-        if not self.num_batches:
-            raise UserError(
-                f"the val split of {windows.directory} has {available} batch(es) for {world_size} ranks; "
-                "raise data.val_batches (or prepare with a larger --val_fraction)"
-            )
-
-    def __iter__(self):
-        worker, workers = worker_shard()
-        for batch in range(self.rank + worker * self.world_size, self.num_batches, self.world_size * workers):
-            first = batch * self.batch_size
-            yield as_pair(self.windows.batch(range(first, min(first + self.batch_size, len(self.windows)))))
 
 
 class TokenDataModule(LightningDataModule):
@@ -113,6 +50,8 @@ class TokenDataModule(LightningDataModule):
         seed: int = 0,
         val_batches: int = 16,
         verify_checksums: bool = True,
+        allow_mixture_change: bool = False,
+        multiprocessing_context: str | None = None,
     ):
         """
         Args:
@@ -124,7 +63,12 @@ class TokenDataModule(LightningDataModule):
             num_workers: DataLoader worker processes for training batches (validation reads in the main process).
             seed: Seed of the window order and of the mixture sequence.
             val_batches: Batches per source in each validation (at most the whole val split).
-            verify_checksums: Checksum every shard at setup (sizes are always checked).
+            verify_checksums: Verify shard checksums at setup, once per directory per machine (a stamp in the
+                directory records what was verified; sizes are always checked).
+            allow_mixture_change: Resume from a checkpoint made with other sources, weights or schedule: each source
+                continues from the samples it had served. Without it such a resume is refused.
+            multiprocessing_context: Start method of the training DataLoader's worker processes (fork, spawn,
+                forkserver); None: the platform's default.
         """
         super().__init__()
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
@@ -132,6 +76,11 @@ class TokenDataModule(LightningDataModule):
                 raise UserError(f"data.{name} must be at least 1, got {value}")
         if num_workers < 0 or val_batches < 0:
             raise UserError("data.num_workers and data.val_batches must be ≥ 0")
+        methods = multiprocessing.get_all_start_methods()
+        if multiprocessing_context not in (None, *methods):
+            raise UserError(
+                f"data.multiprocessing_context must be one of {', '.join(methods)}, not {multiprocessing_context!r}"
+            )
         self.dirs = {Path(sources).name: sources} if isinstance(sources, str) else dict(sources)
         if not self.dirs:
             raise UserError("data.sources is empty")
@@ -140,7 +89,9 @@ class TokenDataModule(LightningDataModule):
         self.weights, self.schedule, self.seed = weights, schedule, seed
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.val_batches, self.verify_checksums = val_batches, verify_checksums
+        self.allow_mixture_change, self.multiprocessing_context = allow_mixture_change, multiprocessing_context
         self.consumed_samples = 0  # global samples training has received (all ranks)
+        self.repeated: set[str] = set()  # sources already warned about as being repeated
         self.train_windows: list[PackedWindows] | None = None
         self.val_windows: list[PackedWindows] | None = None
         self.mixture: Mixture | None = None
@@ -154,10 +105,13 @@ class TokenDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_windows is None:
             self.train_windows = [self._open(d, "train") for d in self.dirs.values()]
-            sizes = {name: len(w) for name, w in zip(self.source_names, self.train_windows)}
-            self.mixture = Mixture(sizes, self.weights, self.seed, self.seq_len, self.schedule)
+            self.mixture = self._mixture()
         if stage in ("fit", "validate", None) and self.val_windows is None:
             self.val_windows = [self._open(d, "val") for d in self.dirs.values()]
+
+    def _mixture(self, base: tuple[int, dict[str, int]] = (0, {})) -> Mixture:
+        sizes = {name: len(w) for name, w in zip(self.source_names, self.train_windows)}
+        return Mixture(sizes, self.weights, self.seed, self.seq_len, self.schedule, base)
 
     def _open(self, directory: str, split: str) -> PackedWindows:
         return PackedWindows(directory, split, self.seq_len, self.verify_checksums)
@@ -169,12 +123,10 @@ class TokenDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         rank, world = self._rank_world()
-        per_step = self.batch_size * world
-        if self.consumed_samples % per_step:
-            rank_zero_warn(f"resumed at sample {self.consumed_samples}, not a multiple of batch_size x world_size")
-        start = -(-self.consumed_samples // per_step)
-        self.train_batches = TrainBatches(self.train_windows, self.mixture, self.batch_size, start, rank, world)
-        return self._loader(self.train_batches, self.num_workers)
+        self.train_batches = TrainBatches(
+            self.train_windows, self.mixture, self.batch_size, self.consumed_samples, rank, world
+        )
+        return self._loader(self.train_batches, self.num_workers, self.multiprocessing_context)
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")
@@ -184,13 +136,14 @@ class TokenDataModule(LightningDataModule):
             self._loader(ValBatches(w, self.batch_size, self.val_batches, rank, world), 0) for w in self.val_windows
         ]
 
-    def _loader(self, dataset: IterableDataset, workers: int) -> DataLoader:
+    def _loader(self, dataset: IterableDataset, workers: int, context: str | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=None,  # datasets yield whole batches
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if workers > 0 else None,
+            multiprocessing_context=context if workers > 0 else None,
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -198,23 +151,58 @@ class TokenDataModule(LightningDataModule):
         if trainer is not None and trainer.training:
             self.consumed_samples += self.batch_size * trainer.world_size
             # a new pass over the loader (next epoch, when limit_train_batches ends one) continues from here
-            self.train_batches.start_step = self.consumed_samples // (self.batch_size * trainer.world_size)
+            self.train_batches.start = self.consumed_samples
         return batch
 
     def mixture_stats(self) -> dict[str, float]:
-        """`data/<source>/tokens` (input tokens consumed, all ranks) and `data/<source>/weight` (current weight)."""
+        """`data/<source>/tokens` (input tokens consumed, all ranks), `/weight` (current) and `/epoch` (passes so far).
+
+        Warns (rank 0, once per source) when a source has been served whole and is being repeated.
+        """
         self.setup("fit")
         counts = self.mixture.counts(self.consumed_samples)
         weights = self.mixture.weights(np.array([self.consumed_samples]))[0]
         stats = {}
-        for name, count, weight in zip(self.source_names, counts, weights):
+        for name, count, size, weight in zip(self.source_names, counts, self.mixture.sizes, weights):
             stats[f"data/{name}/tokens"] = float(count * self.seq_len)
             stats[f"data/{name}/weight"] = float(weight)
+            stats[f"data/{name}/epoch"] = float(count / size)
+            if count > size and name not in self.repeated:
+                self.repeated.add(name)
+                rank_zero_warn(
+                    f"data source '{name}' ran out: all {size:,} of its windows ({size * self.seq_len:,} tokens) "
+                    f"have been served and it is being repeated, pass {count // size + 1} now "
+                    f"({count * self.seq_len:,} tokens served); add data or lower its weight if that is not intended"
+                )
         return stats
+
+    def mixture_config(self) -> dict:
+        """What decides the stream besides seed and seq_len: sources in order, their sizes, weights, schedule."""
+        self.setup("fit")
+        names, mixture = self.source_names, self.mixture
+        schedule = None
+        if self.schedule is not None:
+            schedule = {
+                "weights": dict(zip(names, mixture.end.tolist())),
+                "start_tokens": float(self.schedule.start_tokens),
+                "end_tokens": float(self.schedule.end_tokens),
+            }
+        return {
+            "sources": list(names),
+            "windows": dict(zip(names, mixture.sizes.tolist())),
+            "weights": dict(zip(names, mixture.start.tolist())),
+            "schedule": schedule,
+        }
 
     def state_dict(self) -> dict:
         state = {"consumed_samples": self.consumed_samples, "seed": self.seed, "seq_len": self.seq_len}
-        if self.mixture is not None:  # informational: all of it follows from consumed_samples
+        if self.mixture is not None:
+            base_samples, base_counts = self.mixture.base
+            state["mixture"] = {
+                **self.mixture_config(),
+                "base_samples": base_samples,
+                "base_counts": dict(zip(self.source_names, base_counts.tolist())),
+            }
             counts = self.mixture.counts(self.consumed_samples)
             state["sources"] = {
                 name: {"samples": int(c), "epoch": int(c // size)}
@@ -226,6 +214,73 @@ class TokenDataModule(LightningDataModule):
         if (state_dict.get("seed"), state_dict.get("seq_len")) != (self.seed, self.seq_len):
             rank_zero_warn("resuming data with a different seed or seq_len: the stream continues but differs")
         self.consumed_samples = int(state_dict["consumed_samples"])
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        saved = state_dict.get("mixture")
+        if saved is None or not fitting:  # a checkpoint older than mixture records, or validate/test
+            return
+        if not self.check_resume(state_dict):
+            self.mixture = self._mixture((saved["base_samples"], saved["base_counts"]))
+            return
+        served = {name: info["samples"] for name, info in state_dict["sources"].items()}
+        self.mixture = self._mixture((self.consumed_samples, served))
+
+    def check_resume(self, state_dict: dict | None) -> list[str]:
+        """How this data's mixture differs from the one a checkpoint's `state_dict()` was drawn from.
+
+        Refused (one line) unless `allow_mixture_change`; lm.train asks before the Trainer writes anything.
+        """
+        saved = (state_dict or {}).get("mixture")
+        changes = mixture_changes(saved, self.mixture_config()) if saved else []
+        if changes and not self.allow_mixture_change:
+            raise UserError(
+                f"the data mixture differs from the checkpoint's ({'; '.join(changes)}): resuming would redraw "
+                "every source's position as if the new mixture had always applied; restore it, or set "
+                "data.allow_mixture_change: true to continue each source from where it was"
+            )
+        if changes:
+            rank_zero_warn(f"data mixture changed on resume ({'; '.join(changes)}); each source continues where it was")
+        return changes
+
+
+def mixture_changes(before: dict, now: dict) -> list[str]:
+    """Human-readable differences between two `TokenDataModule.mixture_config()`s (empty: the same mixture)."""
+    if before["sources"] != now["sources"]:
+        added = [name for name in now["sources"] if name not in before["sources"]]
+        removed = [name for name in before["sources"] if name not in now["sources"]]
+        parts = [f"added {added}"] * bool(added) + [f"removed {removed}"] * bool(removed)
+        return ["data.sources " + (", ".join(parts) or f"reordered {before['sources']} -> {now['sources']}")]
+    changes = [
+        f"source '{name}' has {now['windows'][name]:,} windows, the checkpoint's had {before['windows'][name]:,} "
+        "(prepared again, or another seq_len)"
+        for name in now["sources"]
+        if before["windows"][name] != now["windows"][name]
+    ]
+    if not same_weights(before["weights"], now["weights"]):
+        changes.append(f"data.weights {rounded(before['weights'])} -> {rounded(now['weights'])}")
+    old, new = before["schedule"], now["schedule"]
+    if (old is None) != (new is None) or (
+        old is not None
+        and (
+            not same_weights(old["weights"], new["weights"])
+            or (old["start_tokens"], old["end_tokens"]) != (new["start_tokens"], new["end_tokens"])
+        )
+    ):
+        changes.append(f"data.schedule {describe(old)} -> {describe(new)}")
+    return changes
+
+
+def describe(schedule: dict | None) -> str:
+    if schedule is None:
+        return "none"
+    return f"{rounded(schedule['weights'])} from {schedule['start_tokens']:g} to {schedule['end_tokens']:g} tokens"
+
+
+def same_weights(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-12) for k in a)
+
+
+def rounded(weights: dict[str, float]) -> dict[str, float]:
+    return {name: round(weight, 4) for name, weight in weights.items()}
 
 
 class MixtureLogger(Callback):

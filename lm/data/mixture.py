@@ -14,6 +14,10 @@ window once, in a new order, and adding a source does not reshuffle the others.
 Schedule. Weights may move linearly from `weights` to `schedule.weights` between two token counts (counted
 over all sources, all ranks): a curriculum. Positions are recomputed from k (vectorised, ~50 M samples/s), so
 resuming needs only the number of samples consumed.
+
+Base. A run that changes its mixture when it resumes (`data.allow_mixture_change`) continues each source from
+where it was: the mixture then starts at `base = (k0, samples of each source before k0)`, and sample k >= k0 takes
+its source from the new weights and the source's next window from its count so far.
 """
 
 import zlib
@@ -66,6 +70,7 @@ class Mixture:
         seed: int,
         seq_len: int,
         schedule: Schedule | None = None,
+        base: tuple[int, dict[str, int]] = (0, {}),
     ):
         self.names = list(windows)
         for name, count in windows.items():
@@ -81,8 +86,13 @@ class Mixture:
         self.schedule, self.seed, self.seq_len = schedule, seed, seq_len
         self.offset = np.uint64(int.from_bytes(np.random.default_rng(seed).bytes(8), "little"))
         self.salts = [zlib.crc32(name.encode()) for name in self.names]
-        self._counted = (0, np.zeros(len(self.names), dtype=np.int64))  # (k, samples per source before k)
+        self.base = (int(base[0]), np.array([base[1].get(name, 0) for name in self.names], dtype=np.int64))
+        self._counted = self.base  # (k, samples per source before k)
         self._perms: dict[int, tuple[int, np.ndarray]] = {}  # source -> (epoch, permutation)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers get the mixture; its caches (a permutation per source: 8 bytes per window) stay here
+        return {**self.__dict__, "_counted": self.base, "_perms": {}}
 
     def weights(self, samples: np.ndarray) -> np.ndarray:
         """(len(samples), n_sources) mixture weights in force at each global sample index."""
@@ -102,10 +112,10 @@ class Mixture:
         return (u[:, None] >= cdf).sum(axis=1)
 
     def counts(self, k: int) -> np.ndarray:
-        """Samples of each source among global samples [0, k); incremental when k only grows."""
+        """Samples of each source among global samples [0, k) (k >= the base); incremental when k only grows."""
         done, counts = self._counted
         if k < done:
-            done, counts = 0, np.zeros_like(counts)
+            done, counts = self.base
         counts = counts.copy()
         for first in range(done, k, CHUNK):
             chunk = self.sources(np.arange(first, min(first + CHUNK, k), dtype=np.int64))

@@ -1,11 +1,19 @@
 """Where raw text comes from: the built-in python-docs corpus, local files, or a named Hugging Face dataset.
 
-Every source is loaded into a `datasets.Dataset` (or `IterableDataset` when streaming) with one column, "text",
-plus a JSON-able description that prepare writes into the manifest. Bad input (a glob that matches nothing, a
-missing text field, an unreachable hub dataset) stops with one `error: ...` line that names it.
+Every source is read as a stream, a `datasets.IterableDataset` with one column, "text", plus a JSON-able
+description that prepare writes into the manifest. Streaming is what makes a hub dataset safe: prepare reads only
+the files it tokenizes (DCLM-baseline is several trillion tokens; `--max_tokens` stops the download too), and
+`IterableDataset.state_dict()` lets an interrupted prepare continue mid-stream. Bad input (a glob that matches
+nothing, a missing text field, an unreachable hub dataset, a full download of a hub dataset) stops with one
+`error: ...` line that names it.
 
-Hub sources are a small table; `--dataset/--subset/--split/--text_field` override an entry and `--path` points
-the very same loading code at local files with the dataset's layout (a mirror, or test fixtures).
+Hub sources are a small table; `--dataset/--subset/--split/--text_field/--revision` override an entry. The hub
+revision is resolved to its commit before reading, read at that commit and recorded, so the manifest says exactly
+which data it holds. `--path` points the same builders at local files laid out like the dataset (a mirror, or
+test fixtures); `--dataset` may also name a local copy of the dataset's repository.
+
+Files: .txt (one document per file), .json/.jsonl, .parquet; text and JSON files may be compressed (.gz, .zst,
+...), as the hub ships them (DCLM: `*.jsonl.zst`, C4: `*.json.gz`): datasets decompresses them through fsspec.
 """
 
 import ast
@@ -36,16 +44,17 @@ HUB_SOURCES = {
     "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT"),
     "fineweb-edu": HubSource("HuggingFaceFW/fineweb-edu", "sample-10BT"),
     "dclm": HubSource("mlfoundations/dclm-baseline-1.0", None),
+    "c4": HubSource("allenai/c4", "en"),
     "finemath": HubSource("HuggingFaceTB/finemath", "finemath-4plus"),
     "cosmopedia": HubSource("HuggingFaceTB/smollm-corpus", "cosmopedia-v2"),
 }
 SOURCE_NAMES = ("python-docs", "local", *HUB_SOURCES)
 
-# file suffix -> datasets' packaged builder
+# file suffix -> datasets' packaged builder; text and JSON may carry a compression suffix as well
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz", ".lz4")
+FILE_TYPES = ".txt, .json, .jsonl, .parquet; text and JSON also compressed (.gz, .zst, .bz2, .xz, .lz4)"
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-
-Text = datasets.Dataset | datasets.IterableDataset
 
 
 def load_source(
@@ -55,16 +64,21 @@ def load_source(
     subset: str | None = None,
     split: str | None = None,
     text_field: str | None = None,
-    streaming: bool = False,
-) -> tuple[Text, dict]:
-    """Load `source` as a one-column ("text") dataset and describe it for the manifest."""
+    revision: str | None = None,
+    streaming: bool = True,
+) -> tuple[datasets.IterableDataset, dict]:
+    """Open `source` as a one-column ("text") stream and describe it for the manifest.
+
+    `streaming=False` reads local files into datasets' Arrow cache first (then streams that); for a hub dataset it
+    would download every file before the first token, so it is refused.
+    """
     if source == "python-docs":
         docs = python_docstrings()
         description = {"source": source, "python": sys.version.split()[0], "stdlib": sysconfig.get_paths()["stdlib"]}
-        return datasets.Dataset.from_dict({"text": list(docs)}), description
+        return datasets.Dataset.from_dict({"text": list(docs)}).to_iterable_dataset(), description
     if source == "local":
         if path is None:
-            raise UserError("source 'local' needs --path (files or globs of .txt, .jsonl, .parquet)")
+            raise UserError(f"source 'local' needs --path (files or globs of {FILE_TYPES})")
         files = expand_path(path)
         field = text_field or "text"
         ds = load_files(files, split or "train", streaming)
@@ -83,8 +97,17 @@ def load_source(
         files = expand_path(path)
         description["data_files"] = files
         return select_text(load_files(files, "train", streaming), entry.text_field, path), description
+    if not streaming:
+        raise UserError(
+            f"--streaming false would download all of '{entry.dataset}' before the first token (and before "
+            "--max_tokens applies); hub sources are streamed: drop --streaming false, or pass --path to files you "
+            "downloaded yourself"
+        )
     try:
-        ds = datasets.load_dataset(entry.dataset, entry.config, split=entry.split, streaming=streaming)
+        description["revision"] = hub_revision(entry.dataset, revision)
+        ds = datasets.load_dataset(
+            entry.dataset, entry.config, split=entry.split, streaming=True, revision=description["revision"]
+        )
     except Exception as err:  # offline, gated, renamed...: one line, the fix is --path or an override
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UserError(
@@ -92,6 +115,28 @@ def load_source(
             f"{type(err).__name__}: {first_line}; pass --path to local copies of its files"
         ) from None
     return select_text(ds, entry.text_field, entry.dataset), description
+
+
+def hub_revision(dataset: str, revision: str | None) -> str | None:
+    """The commit sha that `revision` (None: the default branch) of a hub dataset points at now.
+
+    None for a local copy of a dataset repository (a directory), which has no hub revision.
+    """
+    if os.path.isdir(dataset):
+        return None
+    from huggingface_hub import HfApi  # a dependency of datasets
+
+    return HfApi().dataset_info(dataset, revision=revision).sha
+
+
+def file_builder(path: str) -> str | None:
+    """The datasets builder that reads `path` ("json" for x.jsonl.zst), or None for an unsupported file."""
+    suffixes = Path(path).suffixes
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            return None  # parquet compresses inside the file
+    return BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
 def expand_path(path: str) -> list[str]:
@@ -103,28 +148,29 @@ def expand_path(path: str) -> list[str]:
         if not matches:
             raise UserError(f"--path '{pattern}' matches no files")
         files.extend(matches)
-    suffixes = {Path(f).suffix for f in files}
-    unknown = suffixes - BUILDERS.keys()
+    unknown = sorted({"".join(Path(f).suffixes[-2:]) or Path(f).name for f in files if file_builder(f) is None})
     if unknown:
-        raise UserError(f"--path '{path}': unsupported file type {sorted(unknown)} (use .txt, .jsonl, .parquet)")
-    if len({BUILDERS[s] for s in suffixes}) > 1:
-        raise UserError(f"--path '{path}' mixes file types {sorted(suffixes)}; prepare each kind separately")
+        raise UserError(f"--path '{path}': unsupported file type {unknown} (use {FILE_TYPES})")
+    if len({file_builder(f) for f in files}) > 1:
+        kinds = sorted({"".join(Path(f).suffixes[-2:]) for f in files})
+        raise UserError(f"--path '{path}' mixes file types {kinds}; prepare each kind separately")
     return files
 
 
-def load_files(files: list[str], split: str, streaming: bool) -> Text:
-    """Read local files with datasets' packaged builders (text: one document per file)."""
+def load_files(files: list[str], split: str, streaming: bool) -> datasets.IterableDataset:
+    """Read local files with datasets' packaged builders (text: one document per file) as a stream."""
     if all(os.path.getsize(f) == 0 for f in files):
         raise UserError(f"{', '.join(files)}: empty corpus (all files are empty)")
-    builder = BUILDERS[Path(files[0]).suffix]
+    builder = file_builder(files[0])
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     try:
-        return datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, **kwargs)
+        ds = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, **kwargs)
     except Exception as err:  # malformed json/parquet: datasets raises deep, varied errors
         raise UserError(f"could not read {files[0]} (or another of --path): {type(err).__name__}: {err}") from None
+    return ds if streaming else ds.to_iterable_dataset()
 
 
-def select_text(ds: Text, field: str, where: str) -> Text:
+def select_text(ds: datasets.IterableDataset, field: str, where: str) -> datasets.IterableDataset:
     """Keep only the text column (renamed "text"), after checking it exists and holds strings."""
     if ds.features is not None:
         columns = {name: getattr(feature, "dtype", str(feature)) for name, feature in ds.features.items()}

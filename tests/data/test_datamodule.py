@@ -1,6 +1,9 @@
+import pickle
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -9,10 +12,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lm.data.datamodule import MixtureLogger, TokenDataModule, TrainBatches
+from lm.data.batches import TrainBatches
+from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.data.mixture import Schedule
+from lm.data.prepare import prepare
+from lm.errors import UserError
+from tests.data.conftest import make_docs, prepared
 
 SEQ, BATCH = 16, 4
+BLEND = {"fineweb-edu": 0.5, "dclm": 0.3, "finemath": 0.15, "cosmopedia": 0.05}
 CONFIGS = Path(__file__).parents[2] / "configs" / "data"
 
 
@@ -213,3 +221,113 @@ def test_two_process_gloo_ranks_split_one_stream(blend, tmp_path):
         assert record["consumed"] == 5 * 2 * BATCH
         for step, x in enumerate(record["seen"]):
             assert torch.equal(x, reference[step * 2 + rank])
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory) -> str:
+    """A prepared source of ~0.9M tokens (1.8 MB of shards): what a worker must not be sent."""
+    root = tmp_path_factory.mktemp("large")
+    pq.write_table(pa.table({"text": make_docs(20_000, words=(20, 60))}), root / "docs.parquet")
+    return str(prepare(source="local", path=str(root / "docs.parquet"), out=str(root / "large"), num_proc=1))
+
+
+def test_what_workers_receive_pickles_to_a_few_kb(large):
+    dm = TokenDataModule(large, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+    loader = dm.train_dataloader()
+    take(loader, 3)  # the mixture now caches a permutation of all ~57k windows (0.45 MB)
+    for dataset in (loader.dataset, dm.val_dataloader()[0].dataset):
+        data = pickle.dumps(dataset)
+        assert len(data) < 8_000  # < 1 MB by far; the shards are 1.8 MB
+        assert torch.equal(next(iter(pickle.loads(data)))[0], next(iter(dataset))[0])
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_workers_started_by_spawn_and_forkserver_read_the_same_batches(blend, context):
+    def batches(workers: int, context=None):
+        dm = TokenDataModule(
+            blend, BLEND, seq_len=SEQ, batch_size=BATCH, num_workers=workers, multiprocessing_context=context
+        )
+        train = take(dm.train_dataloader(), 6)
+        val = DataLoader(dm.val_dataloader()[1].dataset, None, num_workers=workers, multiprocessing_context=context)
+        return train, [x for x, _ in val]
+
+    (train, val), (main_train, main_val) = batches(2, context), batches(0)
+    assert all(torch.equal(a, b) for a, b in zip(train, main_train, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(val, main_val, strict=True))
+
+
+def test_resuming_on_another_world_size_keeps_the_exact_sample(blend):
+    """A checkpoint of 3 micro-batches of B (not a multiple of B x 2) continues at that very sample on 2 ranks."""
+    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+    dm.setup("fit")
+    one_process = take(DataLoader(TrainBatches(dm.train_windows, dm.mixture, BATCH, 0, 0, 1), batch_size=None), 7)
+    for rank in range(2):
+        ranked = TrainBatches(dm.train_windows, dm.mixture, BATCH, 3 * BATCH, rank, world_size=2)
+        for step, x in enumerate(take(DataLoader(ranked, batch_size=None), 2)):
+            assert torch.equal(x, one_process[3 + 2 * step + rank])
+
+
+def consumed(blend, samples: int, weights=BLEND, names=None, **kwargs) -> TokenDataModule:
+    sources = {name: blend[name] for name in names or blend}
+    dm = TokenDataModule(sources, {k: v for k, v in weights.items() if k in sources}, seq_len=SEQ, **kwargs)
+    dm.setup("fit")
+    dm.consumed_samples = samples
+    return dm
+
+
+def test_a_changed_mixture_is_refused_on_resume(blend):
+    state = consumed(blend, 400).state_dict()
+    other = {"fineweb-edu": 0.4, "dclm": 0.4, "finemath": 0.15, "cosmopedia": 0.05}
+    with pytest.raises(UserError, match=r"data.weights \{'fineweb-edu': 0.5, 'dclm': 0.3.* -> \{'fineweb-edu': 0.4"):
+        consumed(blend, 0, other).load_state_dict(state)
+    with pytest.raises(UserError, match=r"data.sources removed \['cosmopedia'\]"):
+        consumed(blend, 0, names=["fineweb-edu", "dclm", "finemath"]).load_state_dict(state)
+    schedule = Schedule({"fineweb-edu": 0, "dclm": 0, "finemath": 1, "cosmopedia": 0}, 0, 1e6)
+    with pytest.raises(UserError, match=r"data.schedule none -> .*allow_mixture_change: true"):
+        consumed(blend, 0, schedule=schedule).load_state_dict(state)
+    same = consumed(blend, 0)
+    same.load_state_dict(state)
+    assert same.consumed_samples == 400
+
+
+def test_an_allowed_mixture_change_continues_every_source_where_it_was(blend):
+    before = consumed(blend, 400)
+    state = before.state_dict()
+    served = {name: info["samples"] for name, info in state["sources"].items()}
+    heavier = {"fineweb-edu": 0.1, "dclm": 0.1, "finemath": 0.7, "cosmopedia": 0.1}
+    after = consumed(blend, 0, heavier, allow_mixture_change=True)
+    with pytest.warns(UserWarning, match="data mixture changed on resume"):
+        after.load_state_dict(state)
+    assert after.consumed_samples == 400
+    sources, windows = after.mixture.locate(400, 200)
+    for source, name in enumerate(after.source_names):  # each source's next windows follow its own order
+        mine = windows[sources == source]
+        order = after.mixture.permutation(source, 0)
+        np.testing.assert_array_equal(mine, order[served[name] : served[name] + len(mine)])
+    assert np.mean(sources == 2) > 0.6  # finemath, by the new weights
+
+    # A later resume with the changed mixture is no change: it keeps that base and continues exactly.
+    after.consumed_samples = 600
+    again = consumed(blend, 0, heavier)
+    again.load_state_dict(after.state_dict())
+    np.testing.assert_array_equal(again.mixture.locate(600, 50)[1], after.mixture.locate(600, 50)[1])
+
+
+def test_a_source_that_runs_out_warns_once_and_logs_its_epoch(tmp_path):
+    dm = TokenDataModule(prepared(tmp_path, "small", make_docs(30)), seq_len=SEQ, batch_size=BATCH, num_workers=0)
+    dm.setup("fit")
+    windows = int(dm.mixture.sizes[0])
+    trainer = Trainer(
+        max_steps=windows // BATCH + 2,  # into the second pass
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[MixtureLogger()],
+    )
+    with pytest.warns(UserWarning, match=rf"data source 'small' ran out: all {windows:,} of its windows") as caught:
+        trainer.fit(Tiny(), dm)
+    assert sum("ran out" in str(w.message) for w in caught) == 1
+    assert trainer.callback_metrics["data/small/epoch"] > 1.0

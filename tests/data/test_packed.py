@@ -1,9 +1,13 @@
 import json
+import os
+import pickle
 import shutil
+import time
 
 import numpy as np
 import pytest
 
+from lm.data import packed
 from lm.data.packed import MANIFEST, PackedWindows, check_vocab, read_manifest
 from lm.errors import UserError
 
@@ -67,3 +71,52 @@ def test_missing_manifest_and_small_vocab(tmp_path, corpus):
 def test_split_shorter_than_a_window(corpus):
     with pytest.raises(UserError, match="fewer than one window"):
         PackedWindows(corpus, "val", 100_000)
+
+
+def test_pickles_without_its_data_and_maps_the_shards_again(copy):
+    windows = PackedWindows(copy, "train", 64)
+    data = pickle.dumps(windows)
+    assert len(data) < 2000 < sum(f.stat().st_size for f in windows.files)  # file names, not tokens
+    again = pickle.loads(data)
+    assert isinstance(again.shards[0], np.memmap)
+    np.testing.assert_array_equal(again.batch(range(len(again))), windows.batch(range(len(windows))))
+
+
+def age(directory, seconds: float = 60) -> None:
+    """Make the shards look written `seconds` ago (a stamp only vouches for files that have settled)."""
+    past = time.time() - seconds
+    for shard in directory.glob("*.bin"):
+        os.utime(shard, (past, past))
+
+
+def test_checksums_are_verified_once_per_machine_until_a_shard_changes(copy, monkeypatch):
+    age(copy)
+    verified = []
+    real = packed.checksum
+    monkeypatch.setattr(packed, "checksum", lambda path: verified.append(path.name) or real(path))
+    PackedWindows(copy, "train", 64)
+    assert len(verified) == len(read_manifest(copy)["splits"]["train"]["shards"]) > 1
+    assert len(list(copy.glob(".verified-*.json"))) == 1
+    verified.clear()
+    PackedWindows(copy, "train", 64)  # another rank, or the next run: trusts the stamp
+    assert verified == []
+
+    shard = copy / "train_00002.bin"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1
+    shard.write_bytes(bytes(data))  # same size, new mtime
+    with pytest.raises(UserError, match=r"shard .*train_00002.bin fails its checksum"):
+        PackedWindows(copy, "train", 64)
+    assert verified == ["train_00002.bin"]  # only the changed shard is read again
+
+
+def test_a_fresh_shard_is_verified_but_not_stamped(copy, monkeypatch):
+    """A write within the file-time granularity of the check could keep the mtime it stamped: checked every time."""
+    for shard in copy.glob("*.bin"):
+        os.utime(shard)  # written just now
+    verified = []
+    real = packed.checksum
+    monkeypatch.setattr(packed, "checksum", lambda path: verified.append(path.name) or real(path))
+    PackedWindows(copy, "val", 64)
+    PackedWindows(copy, "val", 64)
+    assert verified == ["val_00000.bin"] * 2

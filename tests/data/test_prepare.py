@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
+from lm.data import prepare as prepare_module
 from lm.data.packed import checksum, read_manifest
-from lm.data.prepare import main, prepare, val_mask
+from lm.data.prepare import main, prepare, usable_cpus, val_mask
 from lm.data.tokenizer import EOT, get_encoding
 from lm.errors import UserError
 from tests.data.conftest import make_docs, prepared, write_jsonl
@@ -96,3 +97,44 @@ def test_empty_output_directory_is_filled(tmp_path):
     prepare(source="local", out=str(tmp_path / "out"), path=src, num_proc=1, val_fraction=0.2)
     assert (tmp_path / "out" / "manifest.json").is_file()
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_val_tokens_sizes_the_val_split(tmp_path):
+    docs = make_docs(400)
+    out = prepared(tmp_path, "v", docs, val_fraction=0.3, val_tokens=800)
+    # the hash rule picks val documents until val holds 800 tokens; every later document is train
+    enc, val_docs, train_docs, held = get_encoding(), [], [], 0
+    for doc, chosen in zip(docs, val_mask(np.arange(len(docs)), 0, 0.3)):
+        if chosen and held < 800:
+            val_docs.append(doc)
+            held += len(enc.encode_ordinary(doc)) + 1
+        else:
+            train_docs.append(doc)
+    np.testing.assert_array_equal(split_tokens(out, "val"), expected_tokens(val_docs))
+    np.testing.assert_array_equal(split_tokens(out, "train"), expected_tokens(train_docs))
+    assert 800 <= read_manifest(out)["splits"]["val"]["tokens"] < 800 + 100
+    assert read_manifest(out)["split"]["val_tokens"] == 800
+    with pytest.raises(UserError, match=r"--val_tokens 2e\+07 at --val_fraction 0.005 needs ~4e\+09 tokens of source"):
+        prepare(source="python-docs", out=str(tmp_path / "x"), val_tokens=2e7, max_tokens=1e9)
+
+
+def test_a_corpus_of_empty_documents_is_refused(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", ["", "", ""])
+    with pytest.raises(UserError, match="all 3 documents of source 'local' are empty; check --text_field") as e:
+        prepare(source="local", out=str(tmp_path / "out"), path=src, num_proc=1)
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["d.jsonl"]
+
+
+def test_manifest_records_versions_and_arguments(corpus):
+    manifest = read_manifest(corpus)
+    assert manifest["versions"]["lm"] and manifest["versions"]["tiktoken"] and manifest["versions"]["datasets"]
+    arguments = manifest["arguments"]
+    assert (arguments["source"], arguments["shard_tokens"], arguments["val_fraction"]) == ("local", 3000, 0.1)
+    assert "num_proc" not in arguments  # it does not change the output
+
+
+def test_num_proc_defaults_to_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert usable_cpus() == 1  # a one-CPU SLURM allocation on a many-core node
+    assert prepare_module.prepare.__kwdefaults__["num_proc"] is None  # resolved by usable_cpus()

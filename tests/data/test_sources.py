@@ -1,20 +1,25 @@
+import gzip
 import hashlib
+import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from lm.data.packed import read_manifest
-from lm.data.prepare import prepare
+from lm.data.prepare import ShardWriter, prepare, val_mask
 from lm.data.sources import HUB_SOURCES, load_source, python_docstrings
 from lm.data.tokenizer import EOT, get_encoding
 from lm.errors import UserError
-from tests.data.conftest import make_docs, write_jsonl
+from tests.data.conftest import c4_mirror, dclm_mirror, make_docs, write_jsonl
+from tests.data.test_prepare import expected_tokens, split_tokens
 
 
 def fineweb_parquet(path, docs: list[str]) -> str:
@@ -134,3 +139,128 @@ def test_corpus_of_empty_rows_leaves_nothing(tmp_path):
     with pytest.raises(UserError, match="val split"):
         prepare(source="local", out=str(tmp_path / "out"), path=src, num_proc=1, val_fraction=0.01)
     assert sorted(os.listdir(tmp_path)) == ["d.jsonl"]
+
+
+def train_docs(docs: list[str], val_fraction: float) -> list[str]:
+    is_val = val_mask(np.arange(len(docs)), 0, val_fraction)
+    return [doc for doc, val in zip(docs, is_val) if not val]
+
+
+def shard_checksums(directory) -> list[str]:
+    return [s["checksum"] for split in read_manifest(directory)["splits"].values() for s in split["shards"]]
+
+
+def test_dclm_mirror_of_jsonl_zst_prepares_through_the_dclm_source(tmp_path):
+    docs = make_docs(90)
+    mirror = dclm_mirror(tmp_path / "dclm-baseline-1.0", docs)
+    out = prepare(
+        source="dclm",
+        out=str(tmp_path / "out"),
+        path=str(mirror / "global-shard_*/local-shard_*/*.jsonl.zst"),
+        val_fraction=0.1,
+        num_proc=1,
+        chunk_docs=20,
+    )
+    source = read_manifest(out)["source"]
+    assert source["dataset"] == "mlfoundations/dclm-baseline-1.0" and source["streaming"] is True
+    assert len(source["data_files"]) == 4
+    np.testing.assert_array_equal(split_tokens(out, "train"), expected_tokens(train_docs(docs, 0.1)))
+
+    # A local copy of the repository, found and decompressed by datasets itself (as from the hub), same shards.
+    copy = prepare(source="dclm", dataset=str(mirror), out=str(tmp_path / "copy"), val_fraction=0.1, num_proc=1)
+    assert shard_checksums(copy) == shard_checksums(out)
+    assert read_manifest(copy)["source"]["revision"] is None  # a directory has no hub commit
+
+
+def test_c4_mirror_of_json_gz(tmp_path):
+    docs = make_docs(60, seed=3)
+    mirror = c4_mirror(tmp_path / "c4", docs)
+    out = prepare(
+        source="c4", out=str(tmp_path / "out"), path=str(mirror / "en/c4-train.*.json.gz"), val_fraction=0.1, num_proc=1
+    )
+    source = read_manifest(out)["source"]
+    assert (source["dataset"], source["config"], source["text_field"]) == ("allenai/c4", "en", "text")
+    np.testing.assert_array_equal(split_tokens(out, "train"), expected_tokens(train_docs(docs, 0.1)))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".json.gz", ".jsonl.zst", ".txt.gz"])
+def test_compressed_local_files(tmp_path, suffix):
+    docs = make_docs(12)
+    compress = gzip.compress if suffix.endswith(".gz") else zstandard.ZstdCompressor().compress
+    if suffix.startswith(".txt"):  # one document per file
+        for i, doc in enumerate(docs):
+            (tmp_path / f"doc{i:02d}{suffix}").write_bytes(compress(doc.encode()))
+    else:
+        (tmp_path / f"part{suffix}").write_bytes(
+            compress("".join(json.dumps({"text": d}) + "\n" for d in docs).encode())
+        )
+    assert texts("local", path=str(tmp_path / f"*{suffix}")) == docs
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["a.parquet.gz"], r"unsupported file type \['.parquet.gz'\]"),
+        (["a.jsonl.zip"], r"unsupported file type \['.jsonl.zip'\]"),
+        (["a.jsonl.zst", "b.parquet"], r"mixes file types \['.jsonl.zst', '.parquet'\]"),
+    ],
+)
+def test_file_types_are_named(tmp_path, names, message):
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(UserError, match=message):
+        load_source("local", path=",".join(str(tmp_path / name) for name in names))
+
+
+def test_hub_sources_are_never_downloaded_whole():
+    with pytest.raises(UserError, match="--streaming false would download all of 'mlfoundations/dclm-baseline-1.0'"):
+        load_source("dclm", streaming=False)
+
+
+def test_hub_revision_is_resolved_read_and_recorded(tmp_path, monkeypatch):
+    """The hub cannot be reached here: its API answers with commits, and the repository is a local copy.
+
+    An interrupted prepare continues at the commit it started on, even after the hub moved on.
+    """
+    mirror = dclm_mirror(tmp_path / "repo", make_docs(200))
+    first, later = "a3b1d2c4" * 5, "ffee0011" * 5
+    hub = {"head": first}
+    asked = []
+
+    def dataset_info(self, repo_id, revision=None, **kwargs):
+        asked.append(("info", repo_id, revision))
+        return SimpleNamespace(sha=revision or hub["head"])
+
+    real_load = datasets.load_dataset
+
+    def load_dataset(path, name=None, **kwargs):
+        asked.append(("load", path, kwargs["revision"], kwargs["streaming"]))
+        return real_load(str(mirror), name, **{**kwargs, "revision": None})
+
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    real_add, calls = ShardWriter.add, []
+
+    def failing_add(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ConnectionResetError("gone")
+        real_add(self, *args)
+
+    monkeypatch.setattr(ShardWriter, "add", failing_add)
+    options = {"out": str(tmp_path / "out"), "val_fraction": 0.1, "num_proc": 1, "chunk_docs": 40}
+    with pytest.raises(ConnectionResetError):
+        prepare(source="dclm", **options)
+    assert asked == [
+        ("info", "mlfoundations/dclm-baseline-1.0", None),
+        ("load", "mlfoundations/dclm-baseline-1.0", first, True),
+    ]
+
+    hub["head"], asked[:] = later, []
+    monkeypatch.setattr(ShardWriter, "add", real_add)
+    out = prepare(source="dclm", **options)
+    assert asked == [
+        ("info", "mlfoundations/dclm-baseline-1.0", first),
+        ("load", "mlfoundations/dclm-baseline-1.0", first, True),
+    ]
+    assert read_manifest(out)["source"]["revision"] == first

@@ -133,6 +133,14 @@ def test_resume_on_one_process_from_a_two_process_checkpoint(runs, text_corpus):
         **{"trainer.max_steps": 6, "trainer.val_check_interval": 4},
     )
     assert_same_weights(resumed / "checkpoints" / "last.ckpt", single / "checkpoints" / "last.ckpt")
+    # the exact data position: the micro-batches after step 4, the samples and tokens counted
+    reference = (single / "batches-rank0.jsonl").read_text().splitlines()
+    assert (resumed / "batches-rank0.jsonl").read_text().splitlines() == reference[8:]
+    mine, theirs = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (resumed, single))
+    assert mine["TokenDataModule"]["consumed_samples"] == theirs["TokenDataModule"]["consumed_samples"] == 6 * 4
+    assert mine["tokens_seen"] == theirs["tokens_seen"] == 6 * 128
+    tokens = metric_lines(single, "train/tokens")
+    assert metric_lines(resumed, "train/tokens") == {step: tokens[step] for step in (5, 6)}
 
 
 @pytest.mark.slow

@@ -2,11 +2,13 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from tests.conftest import write_config
@@ -23,6 +25,17 @@ def run_config(tmp_path: Path, corpus: str, name: str, **overrides) -> tuple[str
 
 
 PERIODIC = ["--periodic_checkpoint.every_n_train_steps", "3"]
+
+
+class SignalAt(L.Callback):
+    """Sends this process SIGTERM as training micro-batch `micro_batch` (0-based) starts: a signal at a known point."""
+
+    def __init__(self, micro_batch: int):
+        self.micro_batch = micro_batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.micro_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def child_env() -> dict[str, str]:

@@ -164,3 +164,14 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(text_corpus, tmp_p
     monkeypatch.undo()
     assert load_checkpoint(run / "checkpoints" / "best.ckpt")["global_step"] == 2
     assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_resuming_with_another_data_mixture_is_refused(existing, text_corpus):
+    config, run = existing
+    before = snapshot(run)
+    sources = json.dumps({"prepared": text_corpus, "more": text_corpus})
+    resume = ["fit", "--config", config, "--trainer.max_steps", "4", "--ckpt_path", "last"]
+    message = error_of([*resume, "--data.sources", sources])
+    assert "the data mixture differs from the checkpoint's (data.sources added ['more'])" in message
+    assert "data.allow_mixture_change: true" in message
+    assert snapshot(run) == before  # refused before the Trainer wrote config.yaml or events

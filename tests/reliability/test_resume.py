@@ -97,3 +97,27 @@ def test_sigusr1_acts_as_sigterm_outside_slurm(reference, text_corpus, tmp_path)
     stopped_at = last_step(run)
     assert resume(config, run) == stopped_at
     assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigterm_inside_an_accumulation_window_resumes_exactly(workers, text_corpus, tmp_path):
+    """SIGTERM at the 2nd micro-batch of step 2's window (accumulation 4): the run saves after that step, not before.
+
+    Saving mid-window would count the window's first micro-batches as consumed while their gradients were lost.
+    """
+    settings = {"trainer.max_steps": 3, "trainer.accumulate_grad_batches": 4, "data.num_workers": workers}
+    config, reference = run_config(tmp_path, text_corpus, "reference", **settings)
+    main(["fit", "--config", config])
+
+    signalled = [{"class_path": "tests.reliability.helpers.SignalAt", "init_args": {"micro_batch": 5}}]
+    first, run = run_config(tmp_path, text_corpus, "run", **settings, **{"trainer.callbacks": signalled})
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", first])
+    assert exit_.value.code == EXIT_PREEMPTED
+    saved = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 2  # micro-batches 4..7 all trained: the window ended before the run did
+    assert saved["TokenDataModule"]["consumed_samples"] == 2 * 4 * 2  # steps x accumulation x batch_size
+
+    again, _ = run_config(tmp_path, text_corpus, "run", **settings)
+    assert resume(again, run) == 2
+    assert_same_run(run, reference)
