@@ -344,29 +344,3 @@ def results_table(results: dict) -> str:
 
 def results_json(results: dict) -> str:
     return json.dumps(results, indent=2, default=utils.handle_non_serializable, ensure_ascii=False) + "\n"
-
-
-def metric_values(results: dict) -> dict[str, float]:
-    """{"<task>/<metric>": value} of every task and group; a filter other than "none" is appended ("/<filter>")."""
-    values = {}
-    for task, metrics in results["results"].items():
-        for key, value in metrics.items():
-            metric, comma, filter_name = key.partition(",")  # other keys (alias, sample_len) are not metrics
-            if not comma or "_stderr" in metric or not isinstance(value, int | float):
-                continue
-            suffix = "" if filter_name == "none" else f"/{filter_name}"
-            values[f"{task}/{metric}{suffix}"] = float(value)
-    return values
-
-
-def mean_accuracy(results: dict) -> float | None:
-    """Mean over tasks (not groups) of acc_norm where the task reports it, else acc; None if no task has either."""
-    scores = []
-    for task, metrics in results["results"].items():
-        if task in results.get("groups", {}):
-            continue
-        for name in ("acc_norm,none", "acc,none"):
-            if isinstance(metrics.get(name), int | float):
-                scores.append(metrics[name])
-                break
-    return sum(scores) / len(scores) if scores else None

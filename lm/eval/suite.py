@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from lm.errors import UserError
+from lm.eval.results import mean_accuracy, metric_values
 from lm.files import write_atomic
 
 INSTALL = 'lm-evaluation-harness is not installed: pip install -e ".[eval]"'
@@ -167,8 +168,8 @@ class HarnessCallback(L.Callback):
             )
         metrics = None
         if results is not None:  # the harness returns results on local rank 0 only; every rank computed the same
-            metrics = self.harness.metric_values(results)
-            if (mean := self.harness.mean_accuracy(results)) is not None:
+            metrics = metric_values(results)
+            if (mean := mean_accuracy(results)) is not None:
                 metrics["mean_acc"] = mean
         metrics = trainer.strategy.broadcast(metrics, src=0)
         metrics["seconds"] = time.perf_counter() - start

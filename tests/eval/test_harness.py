@@ -11,7 +11,8 @@ from lm_eval.api.registry import get_model
 from lm.cli import main
 from lm.data.tokenizer import EOT, get_encoding
 from lm.errors import UserError
-from lm.eval.harness import HarnessModel, mean_accuracy, metric_values, task_manager
+from lm.eval.harness import HarnessModel, task_manager
+from lm.eval.results import metric_values
 from lm.model import GPT
 from tests.conftest import tiny_config
 from tests.eval.harness_tasks import TASKS, write_tasks
@@ -157,27 +158,6 @@ def test_each_rank_scores_an_equal_share_and_together_all_requests(model):
     assert [len(share) for share in shares] == [4, 4, 4]  # padded to the same number of requests
     assert sorted({i for share in shares for i in share}) == order
     assert [i for rank in range(3) for i in order[rank::3]] == sorted(order, key=lambda i: (i % 3, i))
-
-
-def test_metric_names_and_the_mean_accuracy():
-    results = {
-        "results": {
-            "arc": {"alias": "arc", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.75},
-            "lambada": {"acc,none": 0.25, "perplexity,none": 40.0, "perplexity_stderr,none": "N/A"},
-            "gsm": {"exact_match,strict-match": 0.0},
-            "suite": {"acc,none": 0.9},
-        },
-        "groups": {"suite": {}},
-    }
-    assert metric_values(results) == {
-        "arc/acc": 0.5,
-        "arc/acc_norm": 0.75,
-        "lambada/acc": 0.25,
-        "lambada/perplexity": 40.0,
-        "gsm/exact_match/strict-match": 0.0,
-        "suite/acc": 0.9,
-    }
-    assert mean_accuracy(results) == pytest.approx((0.75 + 0.25) / 2)  # acc_norm where reported; groups left out
 
 
 def test_task_errors_are_one_line(task_dir, tmp_path):
