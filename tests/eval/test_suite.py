@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lm.cli import main
-from lm.eval.harness import mean_accuracy, metric_values
+from lm.eval.results import mean_accuracy, metric_values
 from tests.conftest import write_config
 from tests.distributed.test_ddp import assert_same_weights, fit, two_processes
 from tests.eval.harness_tasks import TASKS, write_tasks
@@ -90,18 +90,16 @@ def test_the_callback_leaves_training_as_it_was(run, text_corpus, tmp_path):
     assert_same_weights(run / "checkpoints" / "last.ckpt", tmp_path / "plain" / "checkpoints" / "last.ckpt")
 
 
-def test_every_n_validations(text_corpus, tasks, tmp_path):
-    settings = {"trainer.max_steps": 4, "trainer.val_check_interval": 1}
-    run = tmp_path / "run"
-    tasks_cb = callback(tasks, every_n_validations=3, tasks=["arc_easy_local"])
-    main(
-        [
-            "fit",
-            "--config",
-            write_config(tmp_path / "r.yaml", text_corpus, run, **settings, **{"trainer.callbacks": tasks_cb}),
-        ]
-    )
-    assert sorted(eval_lines(run)) == [3]
+def test_every_n_validations_in_fit_and_always_in_validate(text_corpus, tasks, tmp_path, capsys):
+    every_third = callback(tasks, every_n_validations=3, tasks=["arc_easy_local"])
+    settings = {"trainer.max_steps": 4, "trainer.val_check_interval": 1, "trainer.callbacks": every_third}
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run", **settings)
+    main(["fit", "--config", config])
+    assert sorted(eval_lines(tmp_path / "run")) == [3]
+
+    capsys.readouterr()
+    main(["validate", "--config", config, "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")])
+    assert "eval/arc_easy_local/acc_norm" in capsys.readouterr().out
 
 
 def test_results_go_beside_the_run_and_are_never_replaced(run, tasks, tmp_path, capsys):
@@ -155,3 +153,31 @@ def test_ddp_callback_equals_one_process_eval(text_corpus, tasks, tmp_path):
     lines = eval_lines(ddp)
     assert sorted(lines) == [2, 4]
     assert logged(lines[4]) == pytest.approx(expected_logs(ddp / "eval" / "last.json"), rel=1e-6)
+
+
+def test_an_experiment_evaluates_its_variants_and_bases(run, tasks, tmp_path, monkeypatch, capsys):
+    """`eval:` in experiment.yaml: `python -m lm eval` on each variant's best.ckpt and on its base, in the report."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "experiments" / "suite").mkdir(parents=True)
+    spec = {
+        "variants": {"cpt": []},
+        "init_from": {"cpt": str(run / "checkpoints" / "last.ckpt")},
+        "eval": {"tasks": ["arc_easy_local", "hellaswag_local"], "include_path": str(tasks), "limit": 2},
+    }
+    (tmp_path / "experiments" / "suite" / "experiment.yaml").write_text(json.dumps(spec))
+    shutil.copytree(run, tmp_path / "runs" / "suite" / "cpt", ignore=shutil.ignore_patterns("eval"))  # finished
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(root))  # the `python -m lm eval` subprocesses
+    main(["experiment", "run", "suite"])
+    evaluated = tmp_path / "runs" / "suite" / "cpt" / "eval"
+    best, base = (json.loads((evaluated / name).read_text()) for name in ("best.json", "base.json"))
+    assert best["config"]["ckpt_path"].endswith("best.ckpt") and base["config"]["ckpt_path"].endswith("last.ckpt")
+    report = (tmp_path / "experiments" / "suite" / "results.md").read_text()
+    acc = best["results"]["arc_easy_local"]["acc_norm,none"]
+    assert "| model | arc_easy_local (acc_norm) | hellaswag_local (acc_norm) | mean |" in report
+    assert f"| cpt | {acc:.2%} ± " in report and "| cpt's base | " in report
+
+    stamp = (evaluated / "best.json").stat().st_mtime_ns
+    capsys.readouterr()
+    main(["experiment", "run", "suite"])  # done: nothing evaluated again
+    assert (evaluated / "best.json").stat().st_mtime_ns == stamp and "lm eval" not in capsys.readouterr().out
