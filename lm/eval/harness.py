@@ -250,11 +250,13 @@ class HarnessModel(TemplateLM):
 
     @contextmanager
     def inference(self):
-        """Eval mode (put back as it was afterwards), and autocast when dtype is not float32."""
+        """Eval mode (put back as it was afterwards), autocast when dtype is not float32, and no torch.compile: a
+        compiled training model would recompile for every new batch shape and KV-cache position."""
         was_training = self.gpt.training
         self.gpt.eval()
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         try:
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            with autocast, torch.compiler.set_stance("force_eager"):
                 yield
         finally:
             self.gpt.train(was_training)

@@ -1,12 +1,15 @@
 """lm's harness model against references: the harness's own `hf` model on the exported checkpoint, and hand
 computations with the GPT itself."""
 
+import copy
+
 import lm_eval
 import pytest
 import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
+from torch._dynamo.utils import counters
 
 from lm.cli import main
 from lm.data.tokenizer import EOT, get_encoding
@@ -166,3 +169,13 @@ def test_task_errors_are_one_line(task_dir, tmp_path):
     with pytest.raises(UserError, match="is not a directory"):
         task_manager(["arc_easy_local"], str(tmp_path / "missing"))
     assert "arc_easy_local" in task_manager(["arc_easy_local"], str(task_dir)).all_tasks
+
+
+def test_a_compiled_model_is_evaluated_eagerly(model):
+    """The training model may be compiled (model.compile: true); evaluation shapes vary, so it must not recompile."""
+    compiled = copy.deepcopy(model)
+    compiled.compile()
+    counters.clear()
+    requests = [request("loglikelihood", "The cat", " sat"), request("loglikelihood", "A much longer context", " x")]
+    assert HarnessModel(model=compiled).loglikelihood(requests) == HarnessModel(model=model).loglikelihood(requests)
+    assert counters["frames"]["total"] == 0  # no frame went through torch.compile
