@@ -83,6 +83,8 @@ def evaluate(
     """
     harness = import_harness()
     names = split_tasks(tasks)
+    if not Path(ckpt_path).exists():
+        raise UserError(f"checkpoint not found: {ckpt_path}")
     out_path = Path(out) if out else default_out(ckpt_path)
     if out_path.exists() and not overwrite:
         raise UserError(f"{out_path} exists (an earlier evaluation): pass --out elsewhere or --overwrite true")

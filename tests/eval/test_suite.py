@@ -5,12 +5,16 @@ import runpy
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch.strategies import FSDPStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lm.cli import main
+from lm.errors import UserError
 from lm.eval.results import mean_accuracy, metric_values
+from lm.eval.suite import HarnessCallback
 from tests.conftest import write_config
 from tests.distributed.test_ddp import assert_same_weights, fit, two_processes
 from tests.eval.harness_tasks import TASKS, write_tasks
@@ -181,3 +185,10 @@ def test_an_experiment_evaluates_its_variants_and_bases(run, tasks, tmp_path, mo
     capsys.readouterr()
     main(["experiment", "run", "suite"])  # done: nothing evaluated again
     assert (evaluated / "best.json").stat().st_mtime_ns == stamp and "lm eval" not in capsys.readouterr().out
+
+
+def test_the_callback_refuses_settings_it_cannot_honour():
+    with pytest.raises(UserError, match="every_n_validations must be ≥ 1, got 0"):
+        HarnessCallback(tasks=["hellaswag"], every_n_validations=0)
+    with pytest.raises(UserError, match="use one device or DDP, not FSDPStrategy"):
+        HarnessCallback(tasks=["hellaswag"]).setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")
