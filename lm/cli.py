@@ -13,6 +13,7 @@ COMMANDS = {
     "prepare": "lm.data.prepare",
     "generate": "lm.generate",
     "hellaswag": "lm.eval.hellaswag",
+    "eval": "lm.eval.suite",
     "export": "lm.interop.export",
     "plot": "lm.plot",
     "bench": "lm.bench",

@@ -12,6 +12,9 @@ lm commands a user would type.
       modern: ["--model.config.mlp_hidden=356"]
     init_from: {modern: runs/base/checkpoints/best.ckpt}  # optional: a path, or another (earlier) variant's name
     hellaswag: data/hellaswag_val.jsonl           # optional: scored on each best.ckpt and on each init_from base
+    eval:                                         # optional: `python -m lm eval` flags, run on the same checkpoints
+      tasks: [hellaswag, arc_easy]                #   into runs/<name>/<variant>/eval/{best,base}.json
+      limit: 1000
 
 Design choices:
 - Each step is a `python -m lm ...` subprocess, printed before it runs: a variant is exactly
@@ -22,7 +25,7 @@ Design choices:
 - Paths are relative to the working directory (the repository root), like every lm command; `--runs_root`
   puts the runs elsewhere (a scratch disk, a test's tmp directory).
 - The report (results.md and results.png in the experiment folder) reads only run_summary.json,
-  metrics.jsonl and hellaswag*.json of each run, so it can be rebuilt at any time, also while runs go on.
+  metrics.jsonl, hellaswag*.json and eval/*.json of each run, so it can be rebuilt at any time, also while runs go on.
 """
 
 import json
@@ -36,11 +39,12 @@ import yaml
 from jsonargparse import CLI
 
 from lm.errors import UserError
+from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
 from lm.plot import plot
 from lm.provenance import git_state
 
 EXPERIMENTS = Path("experiments")
-KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag"}
+KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval"}
 # Best val loss may differ by this much (nats) between a rerun and the committed table in another environment
 # (threads, versions, device); see experiments/README.md for the differences measured.
 VERIFY_TOLERANCE = 0.02
@@ -57,6 +61,8 @@ def load_experiment(name: str) -> dict:
         raise UserError(f"{path}: unknown keys {sorted(set(spec) - KEYS)} (known: {sorted(KEYS)})")
     if not spec.get("variants"):
         raise UserError(f"{path}: no variants")
+    if "eval" in spec and not (isinstance(spec["eval"], dict) and spec["eval"].get("tasks")):
+        raise UserError(f"{path}: eval needs tasks (e.g. eval: {{tasks: [hellaswag, arc_easy]}})")
     variants = list(spec["variants"])
     for variant, base in spec.get("init_from", {}).items():
         if variant not in variants:
@@ -120,11 +126,23 @@ def score_hellaswag(data: str, checkpoint: str, out: Path) -> None:
         out.write_text(result.strip().splitlines()[-1] + "\n")  # the command's last line is its result
 
 
+def evaluate_suite(settings: dict, checkpoint: str, out: Path) -> None:
+    """`python -m lm eval` of one checkpoint into out (JSON), unless out exists."""
+    if not out.is_file():
+        tasks = settings["tasks"]
+        arguments = {**settings, "tasks": tasks if isinstance(tasks, str) else ",".join(tasks), "out": out}
+        lm_command("eval", "--ckpt_path", checkpoint, *flags(arguments))
+
+
 def check_inputs(spec: dict) -> None:
     """One-line errors for missing inputs, before any compute is spent."""
     hellaswag = spec.get("hellaswag")
     if hellaswag and not Path(hellaswag).is_file():
         raise UserError(f"HellaSwag data {hellaswag} not found: see docs/evaluation.md for where to get it")
+    if spec.get("eval"):
+        from lm.eval.suite import import_harness
+
+        import_harness()  # lm-evaluation-harness missing: one line now, not after training
     for variant, base in spec.get("init_from", {}).items():
         if base not in spec["variants"] and not Path(base).exists():
             raise UserError(f"variant {variant!r} starts from {base}, which does not exist: train or fetch it first")
@@ -167,6 +185,10 @@ def run(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False) -
             score_hellaswag(spec["hellaswag"], str(run_dir / "checkpoints" / "best.ckpt"), run_dir / "hellaswag.json")
             if base:
                 score_hellaswag(spec["hellaswag"], base, run_dir / "hellaswag_base.json")
+        if spec.get("eval"):
+            evaluate_suite(spec["eval"], str(run_dir / "checkpoints" / "best.ckpt"), run_dir / "eval" / "best.json")
+            if base:
+                evaluate_suite(spec["eval"], base, run_dir / "eval" / "base.json")
     report(name, runs_root, allow_mixed_commits)
 
 
@@ -182,7 +204,7 @@ def commit(summary: dict) -> str:
 
 
 def environment(summary: dict) -> dict:
-    """What decides a run's numbers besides its config and commit (see lm.callbacks.run_summary.environment)."""
+    """What decides a run's numbers besides its config and commit (see lm.provenance.environment)."""
     return {key: summary.get(key) for key in ("versions", "device", "threads", "deterministic")}
 
 
@@ -214,6 +236,39 @@ def result_row(variant: str, summary: dict | None, run_dir: Path, with_hellaswag
             scores = read_json(run_dir / file)
             row.append(f"{scores['acc_norm']:.2%} (n={scores['n']})" if scores else "-")
     return row
+
+
+def suite_table(spec: dict, runs: Path) -> list[str]:
+    """Report lines: each variant's (and base's) accuracy per harness task ± its standard error, and their mean."""
+    evaluated = []
+    for variant in spec["variants"]:
+        for label, file in ((variant, "best.json"), (f"{variant}'s base", "base.json")):
+            results = read_json(runs / variant / "eval" / file)
+            if results:
+                evaluated.append((label, results))
+    if not evaluated:
+        return []
+    tasks = list(dict.fromkeys(task for _, results in evaluated for task in task_accuracies(results)))
+    percent = lambda value, stderr: f"{value:.2%}" + (f" ± {stderr:.2%}" if stderr is not None else "")
+    rows = []
+    for label, results in evaluated:
+        scores = task_accuracies(results)
+        row = [label] + [percent(*scores[task][1:]) if task in scores else "-" for task in tasks]
+        mean = mean_accuracy(results)
+        rows.append(row + [percent(mean, mean_accuracy_stderr(results)) if mean is not None else "-"])
+    names = {
+        task: f"{task} ({score[0]})" for _, results in evaluated for task, score in task_accuracies(results).items()
+    }
+    table = markdown_table(["model", *[names[task] for task in tasks], "mean"], rows)
+    return [
+        "## Downstream suite (lm-evaluation-harness)",
+        "",
+        table,
+        "",
+        "± is the standard error the harness reports. A difference between two rows is real (≈ 95%) when it exceeds "
+        "2·sqrt(se₁² + se₂²); see docs/evaluation.md.",
+        "",
+    ]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -258,6 +313,7 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
             "",
         ]
     lines += [markdown_table(header, rows), ""]
+    lines += suite_table(spec, runs)
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
     at = f"commit {next(iter(commits.values()))}" if not mixed and commits else "the commits above"
     lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]

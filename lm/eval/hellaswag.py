@@ -1,4 +1,4 @@
-"""HellaSwag (commonsense sentence completion), scored completion-style like GPT-2/GPT-3 papers and llm.c.
+"""HellaSwag (commonsense sentence completion), scored completion-style like the GPT-3 paper and llm.c.
 
 Design choices:
 - Each example has a context and 4 endings. The model reads context + " " + ending, and each ending is
