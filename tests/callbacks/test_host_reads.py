@@ -33,14 +33,14 @@ def count_reads(tmp_path, text_corpus, *callbacks) -> dict:
 def test_no_host_reads_between_logging_steps(tmp_path, text_corpus):
     reads = count_reads(tmp_path, text_corpus)
     assert reads["between_logging_steps"] == 0
-    # At a logging step (docs/performance.md): Lightning's logger 9 (one per metric logged), metrics.jsonl 8, the
+    # At a logging step (docs/performance.md): Lightning's logger 10 (one per metric logged), metrics.jsonl 9, the
     # progress bar 1-2 (train/loss, then val/loss too), the non-finite guard 1, and on the CPU only the seed of
     # the validation DataLoader that a validation at the same step starts (a CPU tensor on a GPU) 1.
-    assert reads["per_logging_step"] == [20, 21]
+    assert reads["per_logging_step"] == [22, 23]
     assert 0 < reads["validation"] <= 40
 
 
 def test_the_counter_sees_a_read_per_step(tmp_path, text_corpus):
     reads = count_reads(tmp_path, text_corpus, ReadsTheLossEveryStep())
     assert reads["between_logging_steps"] == 6  # steps 1, 2, 3, 5, 6, 7
-    assert reads["per_logging_step"] == [21, 22]
+    assert reads["per_logging_step"] == [23, 24]
