@@ -47,7 +47,7 @@ EXPERIMENTS = Path("experiments")
 KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval"}
 # Best val loss may differ by this much (nats) between a rerun and the committed table in another environment
 # (threads, versions, device); see experiments/README.md for the differences measured.
-VERIFY_TOLERANCE = 0.02
+VERIFY_TOLERANCE = 0.005
 
 
 def load_experiment(name: str) -> dict:

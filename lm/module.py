@@ -84,7 +84,9 @@ class LanguageModel(L.LightningModule):
                 it, the micro-batch, seq_len and the world size, so changing the GPU count keeps the optimisation.
             max_tokens: Training budget in tokens; sets trainer.max_steps. Exclusive with `tokens_per_param`.
             tokens_per_param: Training budget as a multiple of the parameter count (20 ≈ Chinchilla-optimal).
-            compile: torch.compile the model (same parameter names, so checkpoints are interchangeable).
+            compile: torch.compile the model's training forward pass (the model itself is left as it is, so checkpoint
+                names do not change). Validation, samples and evaluation run eagerly: they would otherwise compile
+                graphs of their own (eval mode, no grad, every KV-cache position) for a few batches now and then.
             activation_checkpointing: Recompute each block's activations in the backward pass instead of keeping
                 them: much less memory (larger micro-batches on small GPUs) for about a third more compute.
             init_from: Start from the weights of this lm checkpoint or Hugging Face model directory (continued
@@ -124,6 +126,7 @@ class LanguageModel(L.LightningModule):
         self.val_metrics = torch.nn.ModuleDict()
         self.tokens_per_step = 0  # resolved in setup()
         self.checkpoint_step: int | None = None  # global step of the checkpoint these weights were restored from
+        self.compiled_forward = None  # the training forward under torch.compile (setup, with `compile`)
 
     # ---- continued pretraining -----------------------------------------------------------------------
 
@@ -173,8 +176,8 @@ class LanguageModel(L.LightningModule):
                 data.batch_size * data.seq_len * self.trainer.accumulate_grad_batches * self.trainer.world_size
             )
             self._resolve_budget()
-        if self.hparams.compile:
-            self.model.compile()
+        # A function, not a module: assigned to self it adds no second copy of the parameters to the state dict.
+        self.compiled_forward = torch.compile(self.model.forward) if self.hparams.compile else None
 
     def check_data(self, data):
         """One-line errors for data the model cannot take; lm.train calls it before the run directory is touched."""
@@ -243,19 +246,30 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.model(x, y)
-        # Not prog_bar=True: Lightning reads every progress-bar metric back from the device after each batch (a sync
-        # per step); lm's progress bar reads train/loss and val/loss itself at logging steps.
-        self.log("train/loss", loss)
-        # Made on the device: self.log would copy a Python number there, a host sync on every CUDA step.
-        on_device = lambda value: torch.full((), float(value), device=x.device)
-        # TensorBoard's x-axis (Lightning's logger takes a logged "step"): optimizer steps done once this one is, as
-        # in metrics.jsonl and checkpoint names (Lightning's own x would be this step's 0-based index).
-        self.log("step", on_device(self.global_step + 1))
-        self.log("train/tokens", on_device((self.global_step + 1) * self.tokens_per_step))
-        for name, lr in self.learning_rates().items():
-            self.log(name, on_device(lr))
+        loss = (self.compiled_forward or self.model)(x, y)
+        if self.logging_step():
+            self.log_step_metrics(loss)
         return loss
+
+    def logging_step(self) -> bool:
+        """Whether the optimizer step being made is one the logger writes (one in trainer.log_every_n_steps)."""
+        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+
+    def log_step_metrics(self, loss: torch.Tensor) -> None:
+        """train/loss, train/tokens, the learning rates and TensorBoard's x-axis, at the steps the logger writes.
+
+        Only there: Lightning's self.log costs ~0.3 ms of host time a call (as much as a small model's whole step),
+        and what is logged at another step is never written. Not prog_bar=True: Lightning would read progress-bar
+        metrics back from the device after every batch (lm's progress bar reads train/loss at these steps). Numbers
+        are made on the device: self.log would copy a Python number there, a host sync on CUDA.
+        """
+        step = self.global_step + 1
+        on_device = lambda value: torch.full((), float(value), device=loss.device)
+        # "step" is TensorBoard's x-axis (Lightning's logger takes a logged "step"): optimizer steps done once this one
+        # is, as in metrics.jsonl and checkpoint names (Lightning's own x would be this step's 0-based index).
+        metrics = {"step": step, "train/tokens": step * self.tokens_per_step, **self.learning_rates()}
+        self.log("train/loss", loss)
+        self.log_dict({name: on_device(value) for name, value in metrics.items()})
 
     def learning_rates(self) -> dict[str, float]:
         """The rate each schedule gives this step, once: `lr` for model.lr's schedule, which every AdamW parameter
@@ -304,6 +318,15 @@ class LanguageModel(L.LightningModule):
             )
 
     # ---- optimizer and schedule ----------------------------------------------------------------------
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by norm with the norm NonFiniteGuard computed this step (`optimizer.grad_norm`): one gradient norm a
+        step instead of two, and under FSDP the whole model's (Lightning's own path is used otherwise)."""
+        norm = getattr(optimizer, "grad_norm", None)
+        if norm is None or not gradient_clip_val or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grads_with_norm_(parameters, gradient_clip_val, norm)
 
     def configure_optimizers(self):
         optimizer = self.adamw()

@@ -98,7 +98,11 @@ class LMCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if not self.config[self.subcommand].periodic_checkpoint.every_n_train_steps:
+            # Off (the default): not even in the loop, where Lightning calls every callback's hooks at every step.
+            trainer.callbacks = [c for c in trainer.callbacks if c is not config.periodic_checkpoint]
+        return trainer
 
     def before_fit(self):
         self.check_inputs("fit")

@@ -10,30 +10,46 @@ from lm.module import LanguageModel
 from tests.conftest import tiny_config
 
 TINY = {
-    "trainer": {"precision": "32-true", "gradient_clip_val": 1.0},
+    "trainer": {"precision": "32-true", "gradient_clip_val": 1.0, "log_every_n_steps": 2},
     "model": {"config": {"block": "modern", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}, "lr": 1e-3},
-    "data": {"seq_len": 32, "batch_size": 2},
+    "data": {"sources": "replaced/by/the/benchmark", "seq_len": 32, "batch_size": 2, "num_workers": 0},
 }
 
 
 def test_bench_writes_a_table_with_all_three_rows(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
-    main(["--config", str(config), "--steps", "2", "--warmup", "1", "--out", str(tmp_path / "bench.json")])
-    result = json.loads((tmp_path / "bench.json").read_text())
+    args = ["--config", str(config), "--steps", "5", "--warmup", "1", "--repeats", "2"]
+    args += ["--out", str(tmp_path / "b.json")]
+    main(args)
+    result = json.loads((tmp_path / "b.json").read_text())
     assert [r["name"] for r in result["rows"]] == ["lightning", "pytorch", "reference"]
     for r in result["rows"]:
         assert r["tokens_per_sec"] > 0 and r["step_ms"] > 0 and r["warmup_s"] > 0 and r["params"] > 0
         assert r["mfu"] is None and r["peak_memory_gb"] is None  # CPU: no peak FLOP/s, no CUDA memory counter
+        assert len(r["step_ms_each_repeat"]) == 2
     assert (
         result["rows"][0]["params"]
         == result["rows"][1]["params"]
         == GPT(ModelConfig(**TINY["model"]["config"])).num_params()
     )
     assert result["device"] == "cpu" and result["batch_size"] == 2 and result["seq_len"] == 32
-    assert isinstance(result["lightning_overhead"], float)
+    assert isinstance(result["lightning_overhead"], float) and isinstance(result["lightning_overhead_ms"], float)
+    # The lightning row is the real `python -m lm fit`: its host reads come only at logging steps (2 and 4 here).
+    reads = result["rows"][0]["host_reads_in_timed_steps"]
+    assert reads["between_logging_steps"] == 0 and reads["per_logging_step"] and min(reads["per_logging_step"]) > 0
     table = capsys.readouterr().out
-    assert all(name in table for name in ("lightning", "pytorch", "reference", "Lightning overhead", "6N + 12·L·H·Q·T"))
+    for text in ("lightning", "pytorch", "reference", "Lightning overhead", "ms per step", "0 between logging steps"):
+        assert text in table
+
+
+def test_bench_memory_compares_the_loss_from_full_logits_and_chunked(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    main(["--config", str(config), "--memory", "--out", str(tmp_path / "memory.json")])
+    memory = json.loads((tmp_path / "memory.json").read_text())["step_memory_gb"]
+    assert list(memory) == ["full logits", "chunks of 4096 tokens"] and all(gb > 0 for gb in memory.values())
+    assert "loss from full logits" in capsys.readouterr().out
 
 
 def test_reference_has_our_classic_parameter_count():
@@ -57,6 +73,7 @@ def test_settings_leave_out_the_budget(tmp_path):
     config.write_text(yaml.safe_dump(run))
     settings = load_settings(str(config), batch_size=8)
     assert settings.batch_size == 8 and settings.compile and settings.gradient_clip_val == 1.0
+    assert settings.num_workers == 0  # as TINY says
     assert "batch_tokens" not in settings.module_args and "max_tokens" not in settings.module_args
 
 

@@ -12,6 +12,7 @@ Loading (`--ckpt_path`, SLURM's hpc checkpoints) goes through `lm.checkpoint.loa
 and one-line errors, unless the caller explicitly passes weights_only=False. Local (or mounted) paths only.
 """
 
+import functools
 import os
 from pathlib import Path
 
@@ -64,6 +65,12 @@ class Checkpoint(ModelCheckpoint):
     Lightning writes last.ckpt at the end of training only if it never wrote one before, so a run whose
     max_steps is not a multiple of val_check_interval would keep a last.ckpt from before its final steps.
     """
+
+    @functools.cached_property
+    def state_key(self) -> str:
+        # Lightning names every hook call with it; ModelCheckpoint formats it from its settings on every call, several
+        # times a step. The settings do not change after construction.
+        return super().state_key
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and self._last_global_step_saved < trainer.global_step:

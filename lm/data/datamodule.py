@@ -287,6 +287,5 @@ class MixtureLogger(Callback):
     """Logs the datamodule's `mixture_stats()` every `trainer.log_every_n_steps` optimizer steps (host-side only)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        datamodule = trainer.datamodule
-        if isinstance(datamodule, TokenDataModule) and trainer.global_step % trainer.log_every_n_steps == 0:
-            pl_module.log_dict(datamodule.mixture_stats(), on_step=True, on_epoch=False)
+        if trainer.global_step % trainer.log_every_n_steps == 0 and isinstance(trainer.datamodule, TokenDataModule):
+            pl_module.log_dict(trainer.datamodule.mixture_stats(), on_step=True, on_epoch=False)

@@ -14,18 +14,19 @@ are cut off before the softmax: they are never predicted and get zero gradient.
 import torch
 
 
-def log_probs(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A chunk's padded fp32 logits (rows, padded vocab) and its log-probabilities over the real vocabulary."""
+def log_probs(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A chunk's fp32 log-probabilities (rows, padded vocab); the padded columns are -inf (probability 0)."""
     logits = (hidden @ weight.t()).float()
-    return logits, logits[:, :vocab_size].log_softmax(dim=-1)
+    logits[:, vocab_size:] = float("-inf")
+    return logits.log_softmax(dim=-1)
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `hidden @ weight.T` against `targets`; gradients computed in forward, chunk by chunk.
 
     The operations are those autograd runs for `F.cross_entropy(logits[:, :vocab].float(), targets)` (log-softmax;
-    its gradient exp(log-softmax) − one-hot over the padded width, zeros in the padding; the two matmuls), so the
-    results agree with it to rounding.
+    its gradient exp(log-softmax) − one-hot, zero in the padding; the two matmuls), so the results agree with it to
+    rounding.
     """
 
     @staticmethod
@@ -36,11 +37,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, n, chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
-            logits, logp = log_probs(h, weight, vocab_size)
+            logp = log_probs(h, weight, vocab_size)
             loss -= logp.gather(1, t[:, None]).sum()
-            grad = logits  # reused: softmax − one-hot, divided by n, zero in the padded columns
-            grad[:, :vocab_size] = logp.exp_()
-            grad[:, vocab_size:] = 0.0
+            grad = logp.exp_()  # the softmax, in place: its gradient is softmax − one-hot, divided by n
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
             grad = grad.div_(n).to(weight.dtype)
             grad_hidden[start : start + chunk] = grad @ weight
@@ -50,8 +49,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None
+        grad_hidden, grad_weight = ctx.saved_tensors  # used once: scaled in place
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None, None
 
 
 def cross_entropy(
@@ -61,7 +60,7 @@ def cross_entropy(
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk)
     losses = [
-        -log_probs(h, weight, vocab_size)[1].gather(1, t[:, None]).sum()
+        -log_probs(h, weight, vocab_size).gather(1, t[:, None]).sum()
         for h, t in zip(hidden.split(chunk), targets.split(chunk))
     ]
     return torch.stack(losses).sum() / targets.numel()

@@ -88,3 +88,28 @@ def test_k_bad_steps_in_a_row_stop_and_keep_the_last_good_checkpoint(text_corpus
     saved = flat(last["state_dict"])
     assert torch.isfinite(saved).all()
     assert torch.equal(saved, recorder.after[1])  # the weights of the last good step (2)
+
+
+def test_clipping_with_the_guards_norm_equals_lightnings_clipping(text_corpus, tmp_path):
+    """The guard computes the gradient norm once; clipping uses it (LanguageModel.configure_gradient_clipping)."""
+    runs = []
+    for guard in (True, False):
+        torch.manual_seed(0)
+        model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+        data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
+        recorder = WeightRecorder()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=4,
+            limit_val_batches=0,
+            gradient_clip_val=0.05,  # far below the norm (~2): every step is clipped
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[recorder, *([NonFiniteGuard()] if guard else [])],
+        )
+        trainer.fit(model, data)
+        runs.append(recorder.after)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert not torch.equal(runs[0][0], runs[0][1])
