@@ -61,7 +61,7 @@ format: $(DEV_STAMP)
 
 # Training speed, three ways (see docs/performance.md). GPU: make bench BENCH_CONFIG=configs/bench/gpt2-124m-classic.yaml BENCH_ARGS=
 BENCH_CONFIG ?= configs/bench/cpu.yaml
-BENCH_ARGS ?= --steps 3 --warmup 1
+BENCH_ARGS ?= --steps 10 --warmup 3 --repeats 3
 bench: $(STAMP)
 	$(LM) bench --config $(BENCH_CONFIG) $(BENCH_ARGS)
 

@@ -75,9 +75,20 @@ class Settings:
         return bool(self.module_args.get("compile", False))
 
 
-def load_settings(path: str, batch_size: int | None = None) -> Settings:
-    """Model, micro-batch, context, precision, clipping and loader workers from a `python -m lm fit` config file."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+def merged(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, nested sections merged key by key (as `--config a.yaml --config b.yaml` do)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(paths: list[str], batch_size: int | None = None) -> Settings:
+    """Model, micro-batch, context, precision, clipping and loader workers from `python -m lm fit` config files."""
+    raw: dict = {}
+    for path in paths:
+        raw = merged(raw, yaml.safe_load(Path(path).read_text()) or {})
+    path = " + ".join(paths)
     model = dict(raw.get("model") or {})
     if "config" not in model:
         raise UserError(f"{path} has no model.config: the benchmark needs the architecture")
@@ -260,12 +271,11 @@ class StepTimer(L.Callback):
             self.end = synchronized_time(pl_module.device)
 
 
-def fit_args(config: str, s: Settings, corpus: str, run_dir: Path, device: torch.device, steps: int) -> list[str]:
-    """`python -m lm fit` of the config on one device, on the corpus, `steps` optimizer steps, no validation."""
+def fit_args(configs: list[str], s: Settings, corpus: str, run_dir: Path, device: torch.device, steps: int) -> list:
+    """`python -m lm fit` of the configs on one device, on the corpus, `steps` optimizer steps, no validation."""
     return [
         "fit",
-        "--config",
-        config,
+        *(f"--config={config}" for config in configs),
         "--seed_everything=0",
         f"--trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
         "--trainer.devices=1",
@@ -338,7 +348,7 @@ def reference_row(s: Settings, corpus: str, device: torch.device, warmup: int, s
     return train_plain(forward, parameters, optimizer, train_batches(corpus, s), s, device, warmup, steps)
 
 
-def bench(config: str, s: Settings, steps: int = 20, warmup: int = 5, repeats: int = 1) -> dict:
+def bench(configs: list[str], s: Settings, steps: int = 20, warmup: int = 5, repeats: int = 1) -> dict:
     """The three rows (medians over interleaved repeats) and Lightning's overhead, as one JSON-ready dict."""
     if steps < 1 or warmup < 1 or repeats < 1:
         raise UserError("--steps, --warmup and --repeats must be at least 1 (warm-up also absorbs compilation)")
@@ -355,7 +365,7 @@ def bench(config: str, s: Settings, steps: int = 20, warmup: int = 5, repeats: i
         corpus = benchmark_corpus(root, tokens=max(2 * (warmup + steps + 1) * s.batch_size * (s.seq_len + 1), 10**5))
         for repeat in range(repeats):
             free_memory(device)
-            args = fit_args(config, s, corpus, root / f"run-{repeat}", device, warmup + steps)
+            args = fit_args(configs, s, corpus, root / f"run-{repeat}", device, warmup + steps)
             timing, host_reads, cuda_syncs = train_lightning(args, warmup, steps, root / "fit.log")
             timings["lightning"].append(timing)
             reads.append(host_reads)
@@ -540,7 +550,9 @@ def format_memory(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lm bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a run config (model:, data:, trainer: sections)")
+    parser.add_argument(
+        "--config", required=True, action="append", help="a run config (model:, data:, trainer:); repeat to compose"
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (torch.compile happens here)")
     parser.add_argument("--repeats", type=int, default=1, help="run the rows this many times, interleaved; medians")
@@ -568,11 +580,12 @@ def main(argv: list[str] | None = None) -> None:
         print(format_memory(result))
     else:
         result = bench(args.config, settings, args.steps, args.warmup, args.repeats)
+        result["configs"] = args.config
         if args.find_max_batch:
             result["max_batch_size"] = find_max_batch(settings)
         print(format_table(result))
     suffix = "-memory" if args.memory else ""
-    out = Path(args.out or f"runs/bench/{Path(args.config).stem}{suffix}.json")
+    out = Path(args.out or f"runs/bench/{'+'.join(Path(c).stem for c in args.config)}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -27,6 +27,7 @@ from lm.checkpoint import config_and_weights, file_sha256, load_weights
 from lm.data.tokenizer import token_byte_lengths
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
+from lm.model.gpt import LOSS_CHUNK_TOKENS
 
 
 class NextTokenLoss(torchmetrics.Metric):
@@ -66,6 +67,7 @@ class LanguageModel(L.LightningModule):
         tokens_per_param: float | None = None,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
         init_from: str | None = None,
     ):
         """
@@ -89,6 +91,8 @@ class LanguageModel(L.LightningModule):
                 graphs of their own (eval mode, no grad, every KV-cache position) for a few batches now and then.
             activation_checkpointing: Recompute each block's activations in the backward pass instead of keeping
                 them: much less memory (larger micro-batches on small GPUs) for about a third more compute.
+            loss_chunk_tokens: Tokens per pass through the output layer when computing the loss (lm/model/loss.py):
+                the (tokens × vocabulary) logits are never all held at once. 0 computes them for the whole micro-batch.
             init_from: Start from the weights of this lm checkpoint or Hugging Face model directory (continued
                 pretraining); optimizer, schedule and counters start fresh. To resume a run, use --ckpt_path.
         """
@@ -120,6 +124,7 @@ class LanguageModel(L.LightningModule):
         self.config = config
         self.model = GPT(config)
         self.model.activation_checkpointing = activation_checkpointing
+        self.model.loss_chunk_tokens = loss_chunk_tokens
         if init_from is not None:
             load_weights(self.model, state, init_from)
         self.register_buffer("token_bytes", torch.from_numpy(token_byte_lengths()), persistent=False)

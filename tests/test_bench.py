@@ -71,7 +71,7 @@ def test_settings_leave_out_the_budget(tmp_path):
     config = tmp_path / "run.yaml"
     run = {**TINY, "model": {**TINY["model"], "batch_tokens": 4096, "max_tokens": 1e9, "compile": True}}
     config.write_text(yaml.safe_dump(run))
-    settings = load_settings(str(config), batch_size=8)
+    settings = load_settings([str(config)], batch_size=8)
     assert settings.batch_size == 8 and settings.compile and settings.gradient_clip_val == 1.0
     assert settings.num_workers == 0  # as TINY says
     assert "batch_tokens" not in settings.module_args and "max_tokens" not in settings.module_args
