@@ -6,7 +6,7 @@ Rows (same shape, micro-batch, precision, compile setting, gradient clipping and
   checkpointing at the end), on a small corpus prepared for the benchmark. A callback reads the clock after the
   warm-up steps and after the last one (one synchronize at each boundary, none in between), and the host reads of
   the timed steps are counted (lm.callbacks.host_reads; on CUDA also torch's synchronizing calls).
-- pytorch: the same model and optimizer (LanguageModel.adamw, the same compiled forward) in a plain loop with
+- pytorch: the same model and optimizer (LanguageModel.build_optimizer, the same compiled forward) in a plain loop with
   autocast, over the same data loader. Lightning's overhead is the difference of the two step times.
 - reference: a minimal nanoGPT-style GPT-2 written below (SDPA, tied embeddings, vocabulary padded to 50304, no
   framework) with the config's shape, always the classic block: our model code against the simplest fast peer.
@@ -336,8 +336,8 @@ def our_plain_row(s: Settings, corpus: str, device: torch.device, warmup: int, s
     module = LanguageModel(config=s.config, **s.module_args).to(device)
     model = module.model
     forward = torch.compile(model.forward) if s.compile else model  # as LanguageModel compiles its training forward
-    parameters = list(model.parameters())
-    return train_plain(forward, parameters, module.adamw(), train_batches(corpus, s), s, device, warmup, steps)
+    parameters, optimizer = list(model.parameters()), module.build_optimizer()
+    return train_plain(forward, parameters, optimizer, train_batches(corpus, s), s, device, warmup, steps)
 
 
 def reference_row(s: Settings, corpus: str, device: torch.device, warmup: int, steps: int) -> Timing:
@@ -432,10 +432,10 @@ def step_memory(s: Settings, loss_chunk_tokens: int) -> float:
     batches = iter(synthetic_batches(2, s, pin=device.type == "cuda"))
     if device.type == "cuda":
         before = torch.cuda.memory_allocated(device)
-        train_plain(module.model, list(module.model.parameters()), module.adamw(), batches, s, device, 1, 1)
+        train_plain(module.model, list(module.model.parameters()), module.build_optimizer(), batches, s, device, 1, 1)
         return (torch.cuda.max_memory_allocated(device) - before) / 1e9
     before = resident_bytes()
-    train_plain(module.model, list(module.model.parameters()), module.adamw(), batches, s, device, 1, 1)
+    train_plain(module.model, list(module.model.parameters()), module.build_optimizer(), batches, s, device, 1, 1)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 1e9
 
 
@@ -476,7 +476,7 @@ def find_max_batch(s: Settings) -> int:
     module = LanguageModel(config=s.config, **s.module_args).to(device)
     model = module.model
     forward = torch.compile(model.forward) if s.compile else model
-    parameters, optimizer = list(model.parameters()), module.adamw()
+    parameters, optimizer = list(model.parameters()), module.build_optimizer()
 
     def fits(batch_size: int) -> bool:
         batches = iter(synthetic_batches(2, dataclasses.replace(s, batch_size=batch_size), pin=True))

@@ -28,6 +28,7 @@ from lm.data.tokenizer import token_byte_lengths
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
 from lm.model.gpt import LOSS_CHUNK_TOKENS
+from lm.optim import MuonAdamW
 
 
 class NextTokenLoss(torchmetrics.Metric):
@@ -58,6 +59,10 @@ class LanguageModel(L.LightningModule):
         min_lr: float = 3e-5,
         warmup_steps: int = 2000,
         lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine",
+        optimizer: Literal["adamw", "muon"] = "adamw",
+        muon_lr: float = 0.02,
+        muon_weight_decay: float = 0.0,
+        muon_momentum: float = 0.95,
         decay_fraction: float = 0.2,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -78,8 +83,15 @@ class LanguageModel(L.LightningModule):
             warmup_steps: Linear warmup from ~0 to `lr`.
             lr_schedule: "cosine" decays to `min_lr` over the run; "wsd" holds `lr`, then decays linearly over the
                 last `decay_fraction` of steps; "constant" holds `lr` after warmup.
+            optimizer: "adamw": AdamW for every parameter. "muon": Muon (torch.optim.Muon) for the 2-D weight matrices
+                inside the blocks, AdamW for the rest (embeddings, output layer, norms, biases); see lm/optim.py.
+            muon_lr: Muon's peak learning rate; it follows the same warmup and decay as `lr` (torch's Muon scales it
+                by sqrt(max(1, rows / columns)) per matrix).
+            muon_weight_decay: Muon's decoupled weight decay of the block matrices: w ← w · (1 − muon_lr · λ) each
+                step. 0, as in the GPT-2 speedrun's Muon; `weight_decay` then applies to AdamW's weights only.
+            muon_momentum: Muon's (Nesterov) momentum.
             decay_fraction: Share of the run spent decaying under "wsd".
-            weight_decay: AdamW decay, applied to ≥2-D weight matrices only (never biases or norm gains).
+            weight_decay: AdamW's decoupled decay, applied to ≥2-D weight matrices only (never biases or norm gains).
             betas: AdamW betas.
             decay_embeddings: Whether the token/position embeddings (and a tied output layer) are decayed too.
             batch_tokens: Global batch in tokens per optimizer step (e.g. 524288). Gradient accumulation follows from
@@ -102,6 +114,9 @@ class LanguageModel(L.LightningModule):
             ("min_lr", min_lr),
             ("warmup_steps", warmup_steps),
             ("weight_decay", weight_decay),
+            ("muon_lr", muon_lr),
+            ("muon_weight_decay", muon_weight_decay),
+            ("muon_momentum", muon_momentum),
         ):
             if value < 0:
                 raise UserError(f"model.{name} must be ≥ 0, got {value}")
@@ -171,6 +186,11 @@ class LanguageModel(L.LightningModule):
             self.check_data(data)
             names = getattr(data, "source_names", ["data"])
             self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
+        if stage == "fit" and self.hparams.optimizer == "muon" and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise UserError(
+                "model.optimizer: muon cannot run under FSDP, where each rank holds a shard of every weight matrix and "
+                "Muon orthogonalizes whole matrices: use DDP (configs/trainer/ddp.yaml) or model.optimizer: adamw"
+            )
         if stage == "fit":
             self._resolve_accumulation(data)
             if isinstance(self.trainer.val_check_interval, int):
@@ -277,9 +297,10 @@ class LanguageModel(L.LightningModule):
         self.log_dict({name: on_device(value) for name, value in metrics.items()})
 
     def learning_rates(self) -> dict[str, float]:
-        """The rate each schedule gives this step, once: `lr` for model.lr's schedule, which every AdamW parameter
-        group follows (Lightning's LearningRateMonitor would log each group: `lr/pg1`, `lr/pg2`, ...)."""
-        return {"lr": self.optimizers().param_groups[0]["lr"]}
+        """The rate each schedule gives this step, once: `lr` for model.lr's, which every AdamW parameter group
+        follows, and `lr/muon` for Muon's (Lightning's LearningRateMonitor would log every group: `lr/pg1`, ...)."""
+        groups = self.optimizers().param_groups
+        return {"lr": groups[0]["lr"]} | {f"lr/{g['name']}": g["lr"] for g in groups if g.get("name") == "muon"}
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
@@ -334,31 +355,39 @@ class LanguageModel(L.LightningModule):
         torch.nn.utils.clip_grads_with_norm_(parameters, gradient_clip_val, norm)
 
     def configure_optimizers(self):
-        optimizer = self.adamw()
+        # 16-mixed has a GradScaler, which must unscale the gradients before clipping: fused AdamW would do that only
+        # inside its step. The scaler then skips non-finite steps itself.
+        optimizer = self.build_optimizer(fused=not str(self.trainer.precision).startswith("16"))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: self.lr_at(step) / self.hparams.lr if self.hparams.lr else 0
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
-    def adamw(self) -> torch.optim.AdamW:
-        """AdamW over the model's parameters, grouped by decay; fused. `lm bench` also uses it directly."""
+    def build_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
+        """AdamW over every parameter, or with `optimizer: muon` Muon over the blocks' weight matrices and AdamW over
+        the rest (embeddings, output layer, norms, biases). AdamW decays ≥2-D weights only (the embeddings if
+        decay_embeddings). Fused AdamW skips a step on the device when NonFiniteGuard sets optimizer.found_inf.
+        `lm bench` builds its plain loop's optimizer with it too."""
         hp = self.hparams
-        embeddings = {
-            id(p)
-            for name, p in self.model.named_parameters()
-            if name.startswith(("transformer.wte", "transformer.wpe"))
-        }
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        in_blocks = lambda name, p: hp.optimizer == "muon" and name.startswith("transformer.h.") and p.dim() == 2
+        matrices = [p for name, p in named if in_blocks(name, p)]
+        embeddings = {id(p) for name, p in named if name.startswith(("transformer.wte", "transformer.wpe"))}
         decay, no_decay = [], []
-        for p in self.model.parameters():
-            if not p.requires_grad:
+        for name, p in named:
+            if in_blocks(name, p):
                 continue
-            if p.dim() >= 2 and (hp.decay_embeddings or id(p) not in embeddings):
-                decay.append(p)
-            else:
-                no_decay.append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # Fused on every device (CPU too): it honours optimizer.found_inf, which NonFiniteGuard sets to skip a step.
-        return torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
+            decayed = p.dim() >= 2 and (hp.decay_embeddings or id(p) not in embeddings)
+            (decay if decayed else no_decay).append(p)
+        adamw_groups = [
+            {"name": "decay", "params": decay, "weight_decay": hp.weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+        ]
+        adamw = {"lr": hp.lr, "betas": tuple(hp.betas)}
+        if hp.optimizer == "adamw":
+            return torch.optim.AdamW(adamw_groups, fused=fused, **adamw)
+        muon = {"lr": hp.muon_lr, "weight_decay": hp.muon_weight_decay, "momentum": hp.muon_momentum}
+        return MuonAdamW([{"name": "muon", "params": matrices}], adamw_groups, muon=muon, adamw=adamw)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warmup, then the chosen decay, which reaches

@@ -120,7 +120,7 @@ def loss_curve(backend: str | None, steps: int = 4) -> list[float]:
     module = LanguageModel(config=tiny_config("modern"), lr=1e-2)
     if backend:
         module.model.compile(backend=backend, fullgraph=True)
-    optimizer = module.adamw()
+    optimizer = module.build_optimizer()
     curve = []
     for batch in torch.randint(0, 100, (steps, 2, 17)):
         loss = module.model(batch[:, :-1], batch[:, 1:])

@@ -19,8 +19,46 @@ def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(autouse=True)
 def fake_trainer(monkeypatch):
-    trainer = SimpleNamespace(max_steps=100, accumulate_grad_batches=1, world_size=1)
+    trainer = SimpleNamespace(max_steps=100, accumulate_grad_batches=1, world_size=1, precision="32-true")
     monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied):
+    module = LanguageModel(config=tiny_config(block, tie_embeddings=tied), optimizer="muon", muon_lr=0.05, lr=1e-3)
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert set(groups) == {"muon", "decay", "no_decay"}
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    members = {name: {names[id(p)] for p in group["params"]} for name, group in groups.items()}
+    every = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(every) == sorted(names.values())  # each parameter in exactly one group
+    assert members["muon"] == {
+        n for n, p in module.model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2
+    }
+    assert "transformer.wte.weight" in members["decay"] and ("lm_head.weight" in members["decay"]) != tied
+    assert all("ln" in n or "norm" in n or n.endswith("bias") for n in members["no_decay"])
+    assert groups["muon"]["initial_lr"] == 0.05 and groups["decay"]["initial_lr"] == 1e-3  # before the schedule
+    assert groups["muon"]["weight_decay"] == 0.0
+    assert optimizer.muon.param_groups[0] is groups["muon"] and optimizer.adamw.param_groups[0] is groups["decay"]
+
+
+def test_both_learning_rates_follow_the_schedule():
+    module = LanguageModel(config=tiny_config(), optimizer="muon", lr=1e-3, muon_lr=0.02, min_lr=1e-4, warmup_steps=10)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for step in range(60):
+        adamw, muon = (group["lr"] for group in scheduler.optimizer.param_groups[1:])
+        assert adamw == pytest.approx(module.lr_at(step)) and muon == pytest.approx(module.lr_at(step) * 20)
+        scheduler.step()
+
+
+def test_muon_under_fsdp_is_refused_in_one_line(monkeypatch):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = LanguageModel(config=tiny_config(), optimizer="muon")
+    monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(strategy=FSDPStrategy(), datamodule=None))
+    with pytest.raises(UserError, match="model.optimizer: muon cannot run under FSDP"):
+        module.setup("fit")
 
 
 def test_weight_decay_only_on_matrices(block):

@@ -55,10 +55,14 @@ class NonFiniteGuard(L.Callback):
         self.checked_step = -1
 
     def on_fit_start(self, trainer, pl_module):
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # 16-mixed: its GradScaler skips non-finite steps itself; the guard counts them and stops the run
         for optimizer in trainer.optimizers:
-            if not getattr(optimizer, "_step_supports_amp_scaling", False):
+            fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+            if not (fused or getattr(optimizer, "accepts_found_inf", False)):
                 raise UserError(
-                    f"NonFiniteGuard needs an optimizer that accepts found_inf (fused AdamW), not {type(optimizer)}"
+                    f"NonFiniteGuard needs an optimizer that accepts found_inf (fused AdamW, lm.optim.MuonAdamW), not "
+                    f"{type(optimizer).__name__}"
                 )
 
     def on_train_start(self, trainer, pl_module):

@@ -8,7 +8,7 @@ not in transformers.
 import argparse
 
 from lm.checkpoint import load_model
-from lm.interop.hf import ARCHITECTURES, save_hf_dir
+from lm.interop.hf import ARCHITECTURES, hf_model_type, save_hf_dir
 
 
 def main(argv: list[str]) -> None:
@@ -19,6 +19,6 @@ def main(argv: list[str]) -> None:
     model, _ = load_model(args.ckpt_path)
     out = save_hf_dir(model.config, model.state_dict(), args.out, source=args.ckpt_path)
     print(
-        f"wrote {ARCHITECTURES[model.config.block]} to {out}; load it with "
+        f"wrote {ARCHITECTURES[hf_model_type(model.config)]} to {out}; load it with "
         f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})"
     )

@@ -1,11 +1,16 @@
-"""Hugging Face interop: lm's GPT ↔ transformers' GPT2LMHeadModel (classic) and LlamaForCausalLM (modern).
+"""Hugging Face interop: lm's GPT ↔ transformers' GPT2LMHeadModel (classic), LlamaForCausalLM (modern) and
+Qwen3ForCausalLM (modern with QK-norm).
 
 Design choices:
 - Only torch, safetensors and json are needed: transformers is for whoever loads the exported directory, it is
   not a dependency of lm.
 - classic is GPT-2 under the same parameter names; only GPT-2's Conv1D weights are stored transposed (in, out).
 - modern is Llama without grouped-query attention: our fused c_attn (q, k, v) and c_fc (gate, up) are split
-  into Llama's projections. Our RoPE uses Llama's rotate-half layout, so q and k need no permutation.
+  into Llama's projections. Our RoPE uses Llama's rotate-half layout, so q and k need no permutation. With
+  QK-norm it is Qwen3, which is Llama plus an RMSNorm of each head's queries and keys before RoPE, as ours.
+- A config no transformers architecture computes exactly (a soft cap on the logits, a modern block with a plain
+  GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one line naming the key,
+  never exported approximately.
 - Hugging Face checkpoints hold the real vocabulary; ours pad it (50257 → 50304). Export trims the padding rows,
   import pads with zeros (padded logits are never read).
 - The tokenizer is always GPT-2's: vocab.json and merges.txt are rebuilt from tiktoken's ranks (byte for byte
@@ -32,7 +37,26 @@ VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Tensors some checkpoints carry that are buffers, not weights: GPT-2's causal masks, old Llama's RoPE frequencies.
 BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
-ARCHITECTURES = {"classic": "GPT2LMHeadModel", "modern": "LlamaForCausalLM"}
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def hf_model_type(config: ModelConfig) -> str:
+    """The transformers model type that computes exactly what `config` does, or a UserError naming the key."""
+    unsupported = {
+        "logit_softcap": config.logit_softcap is not None,
+        "mlp_activation": config.activation != ("gelu" if config.block == "classic" else "swiglu"),
+        "qk_norm": config.qk_norm and config.block == "classic",
+    }
+    for key, is_set in unsupported.items():
+        if is_set:
+            raise UserError(
+                f"model.config.{key} = {getattr(config, key)!r} ({config.block} block) has no exact counterpart in "
+                "transformers' GPT-2, Llama or Qwen3: this model cannot be exported"
+            )
+    if config.block == "classic":
+        return "gpt2"
+    return "qwen3" if config.qk_norm else "llama"
+
 
 # ---- state dicts ---------------------------------------------------------------------------------------
 
@@ -61,6 +85,8 @@ def hf_names(config: ModelConfig) -> dict[str, list[str]]:
                 ours + "mlp.c_fc.weight": [theirs + "mlp.gate_proj.weight", theirs + "mlp.up_proj.weight"],
                 ours + "mlp.c_proj.weight": [theirs + "mlp.down_proj.weight"],
             }
+            if config.qk_norm:
+                names |= {ours + f"attn.{x}_norm.weight": [theirs + f"self_attn.{x}_norm.weight"] for x in "qk"}
     if config.tie_embeddings:
         del names["lm_head.weight"]
     return names
@@ -99,18 +125,18 @@ def from_hf(config: ModelConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
-    """config.json for transformers: GPT2Config (classic) or LlamaConfig (modern)."""
-    c = config
+    """config.json for transformers: GPT2Config (classic), LlamaConfig (modern) or Qwen3Config (modern, QK-norm)."""
+    c, model_type = config, hf_model_type(config)
     eos = EOT if c.vocab_size > EOT else None
     common = {
-        "architectures": [ARCHITECTURES[c.block]],
+        "architectures": [ARCHITECTURES[model_type]],
         "vocab_size": c.vocab_size,
         "tie_word_embeddings": c.tie_embeddings,
         "bos_token_id": eos,
         "eos_token_id": eos,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    if c.block == "classic":
+    if model_type == "gpt2":
         return common | {
             "model_type": "gpt2",
             "n_positions": c.block_size,
@@ -125,7 +151,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
             "embd_pdrop": c.dropout,
             "attn_pdrop": c.dropout,
         }
-    return common | {
+    llama = common | {
         "model_type": "llama",
         "hidden_size": c.n_embd,
         "intermediate_size": c.hidden_size,
@@ -143,6 +169,9 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
         "mlp_bias": False,
         "attention_dropout": c.dropout,
     }
+    if model_type == "llama":
+        return llama
+    return llama | {"model_type": "qwen3", "use_sliding_window": False, "sliding_window": None}
 
 
 def model_config(hf: dict, where: Path) -> ModelConfig:
@@ -174,7 +203,7 @@ def model_config(hf: dict, where: Path) -> ModelConfig:
             norm_eps=get("layer_norm_epsilon", 1e-5),
             tie_embeddings=get("tie_word_embeddings", True),
         )
-    elif model_type == "llama":
+    elif model_type in ("llama", "qwen3"):
         heads, width = get("num_attention_heads"), get("hidden_size")
         rope = get("rope_parameters", None) or {}
         require("hidden_act", "silu", ("silu",))
@@ -183,6 +212,7 @@ def model_config(hf: dict, where: Path) -> ModelConfig:
         require("attention_bias", False, (False,))
         require("mlp_bias", False, (False,))
         require("rope_scaling", None, (None,))
+        require("use_sliding_window", False, (False,))
         if rope.get("rope_type", "default") != "default":
             raise UserError(
                 f"{where}: rope_parameters.rope_type = {rope['rope_type']!r} is not supported (lm can hold 'default')"
@@ -197,9 +227,10 @@ def model_config(hf: dict, where: Path) -> ModelConfig:
             norm_eps=get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", get("rope_theta", 10000.0)),
             tie_embeddings=get("tie_word_embeddings", False),
+            qk_norm=model_type == "qwen3",
         )
     else:
-        raise UserError(f"{where}: model_type {model_type!r} is not supported (lm imports 'gpt2' and 'llama')")
+        raise UserError(f"{where}: model_type {model_type!r} is not supported (lm imports 'gpt2', 'llama' and 'qwen3')")
     try:
         return ModelConfig(vocab_size=get("vocab_size"), dropout=0.0, **fields)
     except ValueError as err:
@@ -268,6 +299,7 @@ def load_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
 def save_hf_dir(config: ModelConfig, state: dict[str, torch.Tensor], out: str | Path, source: str = "") -> Path:
     """Writes a directory transformers.AutoModelForCausalLM.from_pretrained loads as is; refuses to overwrite."""
     out = Path(out)
+    hf_model_type(config)  # one line now if no transformers architecture computes this model exactly
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty: choose a new output directory")
     hf = to_hf(config, state)
@@ -301,7 +333,7 @@ def write_json(path: Path, obj: dict) -> None:
 def readme(config: ModelConfig, source: str, tokenizer: bool) -> str:
     origin = f" from `{source}`" if source else ""
     text = (
-        f"# lm export\n\nA {config.block} lm model{origin} in the {ARCHITECTURES[config.block]} layout: "
+        f"# lm export\n\nA {config.block} lm model{origin} in the {ARCHITECTURES[hf_model_type(config)]} layout: "
         f"{config.n_layer} layers, {config.n_head} heads, width {config.n_embd}, context {config.block_size}.\n\n"
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         'model = AutoModelForCausalLM.from_pretrained("path/to/this/dir")\n'

@@ -21,9 +21,16 @@ class ModelConfig:
             padded logits are never predicted. 1 disables padding.
         dropout: Dropout on attention weights and residual branches (0 for pretraining at scale).
         tie_embeddings: Share the token embedding with the output layer.
-        mlp_hidden: MLP hidden width; default 4 × n_embd (classic) or 8/3 × n_embd rounded up to 256 (modern).
+        mlp_hidden: MLP hidden width; default 8/3 × n_embd rounded up to 256 for SwiGLU, else 4 × n_embd.
         rope_theta: RoPE base frequency (modern only).
         norm_eps: Epsilon of LayerNorm / RMSNorm.
+        mlp_activation: "swiglu" (gated SiLU, gate and up projections), "gelu" (tanh approximation, GPT-2's) or
+            "relu2" (squared ReLU, as in the GPT-2 speedrun and nanochat); null: the block's own (classic gelu,
+            modern swiglu).
+        qk_norm: RMSNorm (with a learned gain per head dimension) on each head's queries and keys before attention
+            (and before RoPE), as in Qwen3, OLMo 2 and Gemma 3: keeps attention logits bounded at high learning rates.
+        logit_softcap: Cap the output logits smoothly at ±logit_softcap (c · tanh(logits / c)), as in Gemma 2 and
+            the GPT-2 speedrun; null: no cap.
     """
 
     block: Literal["classic", "modern"] = "modern"
@@ -38,6 +45,9 @@ class ModelConfig:
     mlp_hidden: int | None = None
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    mlp_activation: Literal["swiglu", "gelu", "relu2"] | None = None
+    qk_norm: bool = False
+    logit_softcap: float | None = None
 
     def __post_init__(self):
         if self.block not in ("classic", "modern"):
@@ -51,6 +61,10 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even head size; n_embd / n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model config 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.mlp_activation not in (None, "swiglu", "gelu", "relu2"):
+            raise ValueError(f"model config 'mlp_activation' is swiglu, gelu or relu2, not {self.mlp_activation!r}")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ValueError(f"model config 'logit_softcap' must be positive (or null), got {self.logit_softcap}")
 
     @property
     def head_dim(self) -> int:
@@ -65,9 +79,13 @@ class ModelConfig:
         return self.block == "classic"
 
     @property
+    def activation(self) -> str:
+        return self.mlp_activation or ("gelu" if self.block == "classic" else "swiglu")
+
+    @property
     def hidden_size(self) -> int:
         if self.mlp_hidden is not None:
             return self.mlp_hidden
-        if self.block == "classic":
-            return 4 * self.n_embd
-        return math.ceil(8 * self.n_embd / 3 / 256) * 256
+        if self.activation == "swiglu":  # three matrices instead of two: 2/3 of 4 × n_embd keeps the parameters
+            return math.ceil(8 * self.n_embd / 3 / 256) * 256
+        return 4 * self.n_embd

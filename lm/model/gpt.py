@@ -3,7 +3,8 @@
 Design choices:
 - "classic" is GPT-2: learned positions, pre-norm LayerNorm with bias, GELU (tanh) MLP, biases everywhere.
   "modern" swaps in RoPE, RMSNorm, a SwiGLU MLP and drops biases. Parameter names are shared, so the
-  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold.
+  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Three knobs
+  of the config change a block further: the MLP's activation, QK-norm and a soft cap on the output logits.
 - Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available).
 - The vocabulary may be padded (50257 → 50304) for faster matmuls; logits are cut back to the real
   vocabulary before the loss and sampling, so padded ids can never be predicted.
@@ -65,12 +66,18 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
+            self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
+        self.qk_norm = config.qk_norm
         self.cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.cache is not None:
@@ -85,22 +92,25 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP (classic) or SwiGLU (modern, gate and up projections fused into c_fc)."""
+    """SwiGLU (gate and up projections fused into c_fc), or two layers with GELU (tanh) or squared ReLU between."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.swiglu = config.block == "modern"
-        fc_out = 2 * config.hidden_size if self.swiglu else config.hidden_size
+        self.activation = config.activation
+        fc_out = 2 * config.hidden_size if self.activation == "swiglu" else config.hidden_size
         self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
         self.c_proj = nn.Linear(config.hidden_size, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
-            gate, up = self.c_fc(x).chunk(2, dim=-1)
+        x = self.c_fc(x)
+        if self.activation == "swiglu":
+            gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up
+        elif self.activation == "gelu":
+            x = F.gelu(x, approximate="tanh")
         else:
-            x = F.gelu(self.c_fc(x), approximate="tanh")
+            x = F.relu(x).square()
         return self.dropout(self.c_proj(x))
 
 
@@ -192,12 +202,15 @@ class GPT(nn.Module):
             else:
                 x = block(x, rope, pos)
         x = self.transformer.ln_f(x)
+        c = self.config
         if targets is not None and self.loss_chunk_tokens:
             # Through the output layer a chunk of tokens at a time (lm/model/loss.py): the value and gradients of the
             # cross-entropy below, without ever holding the (B, T, vocab) logits.
-            weight, vocab = self.lm_head.weight, self.config.vocab_size
-            return cross_entropy(x.flatten(0, 1), weight, targets.flatten(), vocab, self.loss_chunk_tokens)
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size); padding never predicted
+            hidden, chunk = x.flatten(0, 1), self.loss_chunk_tokens
+            return cross_entropy(hidden, self.lm_head.weight, targets.flatten(), c.vocab_size, chunk, c.logit_softcap)
+        logits = self.lm_head(x)[..., : c.vocab_size]  # (B, T, vocab_size); padding never predicted
+        if c.logit_softcap:
+            logits = c.logit_softcap * torch.tanh(logits / c.logit_softcap)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

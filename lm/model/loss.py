@@ -14,34 +14,42 @@ are cut off before the softmax: they are never predicted and get zero gradient.
 import torch
 
 
-def log_probs(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """A chunk's fp32 log-probabilities (rows, padded vocab); the padded columns are -inf (probability 0)."""
+def log_probs(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int, softcap: float | None):
+    """A chunk's fp32 log-probabilities (rows, padded vocab), the padded columns -inf (probability 0), and with a
+    soft cap the tanh(logits / cap) it was computed from (the cap's gradient needs it), else None."""
     logits = (hidden @ weight.t()).float()
+    capped = None
+    if softcap:
+        capped = logits.div_(softcap).tanh_()
+        logits = capped * softcap
     logits[:, vocab_size:] = float("-inf")
-    return logits.log_softmax(dim=-1)
+    return logits.log_softmax(dim=-1), capped
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `hidden @ weight.T` against `targets`; gradients computed in forward, chunk by chunk.
 
     The operations are those autograd runs for `F.cross_entropy(logits[:, :vocab].float(), targets)` (log-softmax;
-    its gradient exp(log-softmax) − one-hot, zero in the padding; the two matmuls), so the results agree with it to
-    rounding.
+    its gradient exp(log-softmax) − one-hot, zero in the padding, times 1 − tanh² under a soft cap; the two
+    matmuls), so the results agree with it to rounding.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int):
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int, softcap: float | None):
         n = targets.numel()
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, n, chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
-            logp = log_probs(h, weight, vocab_size)
+            logp, capped = log_probs(h, weight, vocab_size, softcap)
             loss -= logp.gather(1, t[:, None]).sum()
             grad = logp.exp_()  # the softmax, in place: its gradient is softmax − one-hot, divided by n
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
-            grad = grad.div_(n).to(weight.dtype)
+            grad.div_(n)
+            if capped is not None:  # through c · tanh(x / c): times 1 − tanh²
+                grad.mul_(capped.square_().neg_().add_(1.0))
+            grad = grad.to(weight.dtype)
             grad_hidden[start : start + chunk] = grad @ weight
             grad_weight += grad.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
@@ -50,17 +58,22 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors  # used once: scaled in place
-        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None, None
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None, None, None
 
 
 def cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, chunk: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    chunk: int,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy (fp32) of hidden states (N, C) through the output layer `weight` (V, C)."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk)
+        return ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk, softcap)
     losses = [
-        -log_probs(h, weight, vocab_size).gather(1, t[:, None]).sum()
+        -log_probs(h, weight, vocab_size, softcap)[0].gather(1, t[:, None]).sum()
         for h, t in zip(hidden.split(chunk), targets.split(chunk))
     ]
     return torch.stack(losses).sum() / targets.numel()

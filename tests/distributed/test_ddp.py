@@ -154,3 +154,11 @@ def test_resume_on_two_processes(runs, text_corpus):
         **{"trainer.max_steps": 6, "trainer.val_check_interval": 2},
     )
     assert_same_weights(resumed / "checkpoints" / "last.ckpt", single / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_ddp_with_muon_equals_one_process_with_accumulation(text_corpus, tmp_path):
+    muon = {"model.optimizer": "muon", "trainer.val_check_interval": 2}
+    ddp = fit(tmp_path, text_corpus, "ddp", *two_processes(), **muon)
+    single = fit(tmp_path, text_corpus, "single", **muon)
+    assert_same_weights(ddp / "checkpoints" / "last.ckpt", single / "checkpoints" / "last.ckpt")

@@ -34,6 +34,45 @@ def test_export_loads_in_transformers(tmp_path, block, tied):
         assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_qk_norm_exports_as_qwen3(tmp_path, tied):
+    model, hf_model = exported(tmp_path, "modern", qk_norm=True, tie_embeddings=tied, vocab_size=1000)
+    assert type(hf_model).__name__ == "Qwen3ForCausalLM"
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
+    ours = torch.stack(list(model.generate(IDS[:, :4], 12, temperature=0)), dim=1)
+    theirs = hf_model.generate(
+        IDS[:, :4], max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(IDS[:, :4])
+    )
+    assert torch.equal(ours, theirs[:, 4:])
+
+
+@pytest.mark.parametrize(
+    "block, knob",
+    [
+        ("modern", {"logit_softcap": 30.0}),
+        ("modern", {"mlp_activation": "relu2"}),
+        ("modern", {"mlp_activation": "gelu"}),
+        ("classic", {"qk_norm": True}),
+        ("classic", {"mlp_activation": "swiglu"}),
+    ],
+)
+def test_a_config_transformers_cannot_compute_exactly_is_refused(tmp_path, block, knob):
+    model = GPT(tiny_config(block, **knob))
+    key = next(iter(knob))
+    with pytest.raises(UserError, match=rf"model.config.{key} = .* cannot be exported"):
+        hf.save_hf_dir(model.config, model.state_dict(), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_the_export_command_refuses_it_in_one_line(tmp_path):
+    from tests.test_generate import save_checkpoint
+
+    checkpoint = save_checkpoint(GPT(tiny_config(logit_softcap=15.0)), tmp_path / "capped.ckpt")
+    with pytest.raises(SystemExit, match="^error: model.config.logit_softcap = 15.0"):
+        lm_main(["export", "--ckpt_path", checkpoint, "--out", str(tmp_path / "hf")])
+
+
 def test_greedy_generation_matches_transformers(tmp_path, block):
     model, hf_model = exported(tmp_path, block, vocab_size=1000)
     prompt = IDS[:, :4]

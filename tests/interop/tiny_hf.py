@@ -39,11 +39,33 @@ def tiny_llama(**overrides) -> "transformers.LlamaForCausalLM":
     return perturb(transformers.LlamaForCausalLM(config))
 
 
+def tiny_qwen3(**overrides) -> "transformers.Qwen3ForCausalLM":
+    """Llama with an RMSNorm of each head's queries and keys: lm's modern block with qk_norm."""
+    config = transformers.Qwen3Config(
+        **{
+            "vocab_size": 100,
+            "hidden_size": 32,
+            "intermediate_size": 48,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 32,
+            "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+            **overrides,
+        }
+    )
+    torch.manual_seed(0)
+    return perturb(transformers.Qwen3ForCausalLM(config))
+
+
 HF_MODELS = {
     "gpt2": tiny_gpt2,
     "gpt2-untied": lambda: tiny_gpt2(tie_word_embeddings=False),
     "llama": tiny_llama,
     "llama-tied": lambda: tiny_llama(tie_word_embeddings=True),
+    "qwen3": tiny_qwen3,
 }
 
 

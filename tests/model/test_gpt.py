@@ -171,3 +171,59 @@ def test_parameter_counts_do_not_change_when_parameters_are_sharded():
 def test_bad_config_names_the_key(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "n_embd" not in bad else "n_embd"):
         ModelConfig(**bad)
+
+
+KNOBS = {
+    "qk_norm": {"qk_norm": True},
+    "gelu": {"mlp_activation": "gelu"},
+    "relu2": {"mlp_activation": "relu2"},
+    "softcap": {"logit_softcap": 3.0},
+}
+
+
+def test_the_knobs_parameter_counts():
+    base = GPT(ModelConfig(block="modern")).num_params()  # 123,551,232: SwiGLU hidden 2048
+    assert GPT(ModelConfig(block="modern", qk_norm=True)).num_params() == base + 12 * 2 * 64  # two gains per head dim
+    assert GPT(ModelConfig(block="modern", logit_softcap=30.0)).num_params() == base
+    plain = base - 12 * 3 * 768 * 2048 + 12 * 2 * 768 * 3072  # two 768 × 3072 matrices instead of three × 2048
+    for activation in ("gelu", "relu2"):
+        assert GPT(ModelConfig(block="modern", mlp_activation=activation)).num_params() == plain
+    assert GPT(ModelConfig(block="classic", mlp_activation="gelu")).num_params() == 124_439_808
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+def test_each_knob_changes_the_model_and_keeps_the_kv_cache_exact(knob):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**KNOBS[knob])).eval()
+    torch.manual_seed(0)
+    reference = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 50257, (2, 7))
+    assert not torch.allclose(model(prompt), reference(prompt))
+    cached = torch.stack(list(model.generate(prompt, 25, temperature=0, use_cache=True)), dim=1)
+    uncached = torch.stack(list(model.generate(prompt, 25, temperature=0, use_cache=False)), dim=1)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+def test_each_knob_survives_save_and_load(knob, tmp_path):
+    from lm.checkpoint import load_model
+    from tests.test_generate import save_checkpoint
+
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**KNOBS[knob])).eval()
+    loaded, _ = load_model(save_checkpoint(model, tmp_path / "model.ckpt"))
+    assert loaded.config == model.config
+    idx = torch.randint(0, 50257, (1, 9))
+    torch.testing.assert_close(loaded(idx), model(idx), rtol=0, atol=0)
+
+
+def test_relu2_and_softcap_do_what_they_say():
+    model = GPT(tiny_config(mlp_activation="relu2", logit_softcap=2.0)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)  # huge logits: the cap holds them
+    assert model(torch.randint(0, 50257, (1, 8))).abs().max() <= 2.0
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(
+        model.transformer.h[0].mlp(x),
+        model.transformer.h[0].mlp.c_proj(torch.relu(model.transformer.h[0].mlp.c_fc(x)) ** 2),
+    )

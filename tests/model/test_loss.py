@@ -65,3 +65,18 @@ def test_gradients_accumulate_over_micro_batches():
             (model(idx, targets) / 2).backward()
         sums[chunk] = {name: p.grad.clone() for name, p in model.named_parameters()}
     assert_gradients_close(sums[5], sums[0], scale_tolerance=5e-5)
+
+
+def test_the_chunked_loss_follows_a_soft_cap_on_the_logits():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(logit_softcap=0.5))  # a cap that bends the tiny model's logits a lot
+    idx, targets = torch.randint(0, 50257, (2, 12)), torch.randint(0, 50257, (2, 12))
+    reference = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    full_loss, full_grads = loss_and_grads(model, idx, targets, 0)
+    torch.testing.assert_close(full_loss, reference.detach(), atol=0, rtol=0)
+    loss, grads = loss_and_grads(model, idx, targets, 4096)
+    torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=0)
+    assert_gradients_close(grads, full_grads, scale_tolerance=1e-5)
+    loss, grads = loss_and_grads(model, idx, targets, 7)
+    torch.testing.assert_close(loss, full_loss, atol=0, rtol=1e-6)
+    assert_gradients_close(grads, full_grads, scale_tolerance=5e-5)

@@ -43,8 +43,8 @@ class WeightRecorder(L.Callback):
         self.after.append(flat(pl_module.state_dict()).clone())
 
 
-def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, **trainer_args):
-    model = PoisonedModel(bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, optimizer="adamw", **trainer_args):
+    model = PoisonedModel(bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1, optimizer=optimizer)
     data = TokenDataModule(corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     recorder = WeightRecorder()
     trainer = L.Trainer(
@@ -63,15 +63,16 @@ def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, **trainer_a
     return trainer, model, recorder, lambda: trainer.fit(model, data)
 
 
-def test_a_nan_step_is_skipped_and_counted(text_corpus, tmp_path):
-    trainer, model, recorder, run = fit(text_corpus, tmp_path, bad_steps={2}, enable_checkpointing=False)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_nan_step_is_skipped_and_counted(text_corpus, tmp_path, optimizer):
+    trainer, model, recorder, run = fit(text_corpus, tmp_path, {2}, optimizer=optimizer, enable_checkpointing=False)
     run()
     weights = recorder.after
     assert torch.equal(weights[2], weights[1])  # step 3 (global_step 2 -> 3) changed nothing
     assert all(not torch.equal(weights[i], weights[i - 1]) for i in (1, 3, 4))
-    assert torch.isfinite(weights[-1]).all()
-    optimizer = trainer.optimizers[0]
-    assert all(int(state["step"]) == 4 for state in optimizer.state.values())  # AdamW's own count skipped it too
+    assert torch.isfinite(weights[-1]).all()  # no NaN got into AdamW's moments or Muon's momentum either
+    adamw = trainer.optimizers[0] if optimizer == "adamw" else trainer.optimizers[0].adamw
+    assert all(int(state["step"]) == 4 for state in adamw.state.values())  # AdamW's own count skipped it too
     assert trainer.callback_metrics["train/skipped_steps"].item() == 1
     assert torch.isfinite(trainer.callback_metrics["train/grad_norm"])
 
@@ -113,3 +114,20 @@ def test_clipping_with_the_guards_norm_equals_lightnings_clipping(text_corpus, t
         runs.append(recorder.after)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     assert not torch.equal(runs[0][0], runs[0][1])
+
+
+def test_with_fp16_loss_scaling_adamw_is_not_fused_and_the_grad_scaler_skips(monkeypatch):
+    """16-mixed (seed run E; Lightning runs it on GPUs only): the GradScaler must unscale the gradients before
+    clipping, which fused AdamW would only do inside its step, and it skips non-finite steps itself."""
+    from types import SimpleNamespace
+
+    module = LanguageModel(config=tiny_config())
+    for precision, fused in (("16-mixed", False), ("bf16-mixed", True), ("32-true", True)):
+        monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(precision=precision, max_steps=10), raising=False)
+        optimizer = module.configure_optimizers()["optimizer"]
+        assert getattr(optimizer, "_step_supports_amp_scaling", False) == fused, precision
+    plain = torch.optim.AdamW(module.parameters())
+    with pytest.raises(UserError, match="NonFiniteGuard needs an optimizer that accepts found_inf"):
+        NonFiniteGuard().on_fit_start(SimpleNamespace(precision_plugin=None, optimizers=[plain]), module)
+    scaled = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu")), optimizers=[plain])
+    NonFiniteGuard().on_fit_start(scaled, module)  # accepted: the scaler skips
