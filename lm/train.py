@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lm.callbacks import default_callbacks
+from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
 from lm.callbacks.checkpointing import Checkpoint
 from lm.callbacks.nonfinite import NonFiniteGuard
 from lm.callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
@@ -40,6 +40,7 @@ class LMCLI(LightningCLI):
         # Off unless every_n_train_steps > 0: step-<N>.ckpt every N steps (newest save_top_k kept), and last.ckpt.
         parser.add_lightning_class_args(Checkpoint, "periodic_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(SampleCallback, "samples")  # --samples.every_n_steps, --samples.prompts ...
         parser.add_argument(
             "--overwrite",
             type=bool,
@@ -209,7 +210,7 @@ def main(args: list[str] | None) -> None:
 def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
     """LightningCLI on `args`, with lm's default callbacks and any extra `callbacks` (the benchmark's timer)."""
     quiet_console()
-    defaults = [MixtureLogger(), *default_callbacks(), PreemptionCheckpoint(), *callbacks]
+    defaults = [MixtureLogger(), ThroughputCallback(), RunSummaryCallback(), PreemptionCheckpoint(), *callbacks]
     return LMCLI(
         LanguageModel,
         TokenDataModule,

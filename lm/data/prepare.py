@@ -93,8 +93,8 @@ def prepare(
     same command is run again; the result is identical to an uninterrupted one.
 
     Args:
-        source: python-docs (built in), local (needs --path), or a hub source: fineweb, fineweb-edu, dclm, c4,
-            finemath, cosmopedia.
+        source: python-docs (built in), local (needs --path), a named hub source (fineweb, fineweb-edu, dclm, c4,
+            finemath, cosmopedia), or hub: any hub dataset, named by --dataset (text in --text_field, default text).
         out: Output directory; must not exist or be empty. Work in progress lives in <out>.partial.
         path: Files or globs (comma-separated) of .txt/.json/.jsonl/.parquet, text and JSON optionally compressed
             (.jsonl.zst, .json.gz...). With a hub source: local files laid out like that dataset, read by the

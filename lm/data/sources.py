@@ -48,7 +48,7 @@ HUB_SOURCES = {
     "finemath": HubSource("HuggingFaceTB/finemath", "finemath-4plus"),
     "cosmopedia": HubSource("HuggingFaceTB/smollm-corpus", "cosmopedia-v2"),
 }
-SOURCE_NAMES = ("python-docs", "local", *HUB_SOURCES)
+SOURCE_NAMES = ("python-docs", "local", "hub", *HUB_SOURCES)
 
 # file suffix -> datasets' packaged builder; text and JSON may carry a compression suffix as well
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -84,13 +84,19 @@ def load_source(
         ds = load_files(files, split or "train", streaming)
         description = {"source": source, "data_files": files, "text_field": field, "streaming": streaming}
         return select_text(ds, field, path), description
-    if source not in HUB_SOURCES:
+    if source == "hub":  # any hub dataset with a text column: --dataset names it
+        if dataset is None:
+            raise UserError("source 'hub' needs --dataset (a hub dataset id, e.g. roneneldan/TinyStories)")
+        named = HubSource(dataset, None)
+    elif source in HUB_SOURCES:
+        named = HUB_SOURCES[source]
+    else:
         raise UserError(f"unknown source '{source}' (choose from {', '.join(SOURCE_NAMES)})")
     entry = HubSource(
-        dataset=dataset or HUB_SOURCES[source].dataset,
-        config=subset if subset is not None else HUB_SOURCES[source].config,
-        split=split or HUB_SOURCES[source].split,
-        text_field=text_field or HUB_SOURCES[source].text_field,
+        dataset=dataset or named.dataset,
+        config=subset if subset is not None else named.config,
+        split=split or named.split,
+        text_field=text_field or named.text_field,
     )
     description = {"source": source, **asdict(entry), "streaming": streaming}
     if path is not None:  # same columns, local files: a mirror of the hub dataset

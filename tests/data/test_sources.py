@@ -100,6 +100,16 @@ def test_hub_overrides(tmp_path):
     assert description["config"] == "finemath-3plus" and description["text_field"] == "content"
 
 
+def test_any_hub_dataset_by_id(tmp_path):
+    """`--source hub --dataset X`: datasets the table does not name (TinyStories, Alpaca, the Pile, code)."""
+    path = write_jsonl(tmp_path / "stories.jsonl", make_docs(5), field="story")
+    ds, description = load_source("hub", dataset="roneneldan/TinyStories", path=path, text_field="story")
+    assert description["dataset"] == "roneneldan/TinyStories" and description["text_field"] == "story"
+    assert [row["text"] for row in ds] == make_docs(5)
+    with pytest.raises(UserError, match="source 'hub' needs --dataset"):
+        load_source("hub", path=path)
+
+
 def test_unreachable_hub_is_one_line(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network here either way; fail fast
     with pytest.raises(UserError, match="could not load hub dataset 'mlfoundations/dclm-baseline-1.0'") as e:
