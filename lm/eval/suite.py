@@ -19,7 +19,6 @@ from types import ModuleType
 
 import lightning as L
 from jsonargparse import CLI
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from lm.errors import UserError
@@ -106,8 +105,9 @@ class HarnessCallback(L.Callback):
     Logs `eval/<task>/<metric>` (a filter other than "none" is appended: `eval/gsm8k/exact_match/strict-match`),
     `eval/mean_acc` (mean over tasks of acc_norm where a task reports it, else acc) and `eval/seconds` (the
     wall time of the call) next to val/loss: TensorBoard, metrics.jsonl, and ModelCheckpoint's `monitor`.
-    Under DDP each rank scores an equal share of the requests and all ranks gather every score, so the values
-    equal a single-process `python -m lm eval` of the same weights. It runs the unsharded model: one device or DDP.
+    Under DDP and FSDP each rank scores an equal share of the requests and all ranks gather every score, so the
+    values equal a single-process `python -m lm eval` of the same weights; under FSDP the ranks first gather the
+    whole model (`LanguageModel.full_model`).
     """
 
     def __init__(
@@ -143,11 +143,6 @@ class HarnessCallback(L.Callback):
         self.validations = state["validations"]
 
     def setup(self, trainer, pl_module, stage):
-        if not isinstance(trainer.strategy, SingleDeviceStrategy | DDPStrategy):
-            raise UserError(
-                f"HarnessCallback runs the unsharded model on each rank: use one device or DDP, not "
-                f"{type(trainer.strategy).__name__} (evaluate its checkpoints with python -m lm eval)"
-            )
         self.harness = import_harness()
         self.manager = self.harness.task_manager(self.tasks, self.include_path)  # unknown tasks fail here
 
@@ -159,7 +154,7 @@ class HarnessCallback(L.Callback):
             return
         start = time.perf_counter()
         lm = self.harness.HarnessModel(
-            model=pl_module.model,
+            model=pl_module.full_model(trainer.strategy),  # under FSDP the gathered weights (a collective)
             batch_size=self.batch_size,
             shard=(trainer.global_rank, trainer.world_size),
             progress=False,

@@ -5,10 +5,8 @@ import runpy
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from lightning.pytorch.strategies import FSDPStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lm.cli import main
@@ -159,6 +157,19 @@ def test_ddp_callback_equals_one_process_eval(text_corpus, tasks, tmp_path):
     assert logged(lines[4]) == pytest.approx(expected_logs(ddp / "eval" / "last.json"), rel=1e-6)
 
 
+@pytest.mark.slow
+def test_fsdp_callback_equals_one_process_eval(text_corpus, tasks, tmp_path):
+    """Under FSDP the ranks gather the whole model first; the logged values are still `python -m lm eval`'s."""
+    from tests.distributed.test_fsdp import CPU_FSDP
+
+    trainer = tmp_path / "fsdp-trainer.yaml"
+    trainer.write_text(json.dumps({"trainer": {"accelerator": "cpu", "devices": 2, "strategy": CPU_FSDP}}))
+    overrides = {"trainer.val_check_interval": 2, "trainer.callbacks": callback(tasks), "data.val_batches": 4}
+    fsdp = fit(tmp_path, text_corpus, "fsdp", "--config", str(trainer), **overrides)
+    main(eval_args(fsdp / "checkpoints" / "last.ckpt", tasks))
+    assert logged(eval_lines(fsdp)[4]) == pytest.approx(expected_logs(fsdp / "eval" / "last.json"), rel=1e-6)
+
+
 def test_an_experiment_evaluates_its_variants_and_bases(run, tasks, tmp_path, monkeypatch, capsys):
     """`eval:` in experiment.yaml: `python -m lm eval` on each variant's best.ckpt and on its base, in the report."""
     root = Path(__file__).resolve().parents[2]
@@ -190,5 +201,3 @@ def test_an_experiment_evaluates_its_variants_and_bases(run, tasks, tmp_path, mo
 def test_the_callback_refuses_settings_it_cannot_honour():
     with pytest.raises(UserError, match="every_n_validations must be ≥ 1, got 0"):
         HarnessCallback(tasks=["hellaswag"], every_n_validations=0)
-    with pytest.raises(UserError, match="use one device or DDP, not FSDPStrategy"):
-        HarnessCallback(tasks=["hellaswag"]).setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")
