@@ -14,7 +14,7 @@ import torch
 
 def git_state() -> dict:
     """The commit of the lm checkout and whether it had uncommitted changes (None for an installed copy of lm)."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]  # lm/provenance.py -> the checkout
     git, unknown = ["git", "-C", str(repo)], {"git_commit": None, "git_dirty": None}
     if not (repo / ".git").exists():
         return unknown
