@@ -11,16 +11,23 @@ from pathlib import Path
 
 import torch
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # lm/provenance.py -> the checkout
+# Written by `experiment report`: an experiment's report is not code, and running a second experiment after the
+# first one's report must not count as running from uncommitted changes.
+REPORTS = ":(exclude,glob)experiments/*/results.*"
 
-def git_state() -> dict:
-    """The commit of the lm checkout and whether it had uncommitted changes (None for an installed copy of lm)."""
-    repo = Path(__file__).resolve().parents[1]  # lm/provenance.py -> the checkout
+
+def git_state(repo: Path = CHECKOUT) -> dict:
+    """The commit of the lm checkout and whether it had uncommitted changes besides experiment reports (None for an
+    installed copy of lm)."""
     git, unknown = ["git", "-C", str(repo)], {"git_commit": None, "git_dirty": None}
     if not (repo / ".git").exists():
         return unknown
     try:
         sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", REPORTS], capture_output=True, text=True
+        )
     except (OSError, subprocess.CalledProcessError):  # no git program, or a broken checkout
         return unknown
     return {"git_commit": sha.strip(), "git_dirty": bool(status.stdout.strip())}
