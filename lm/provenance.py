@@ -8,8 +8,10 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # lm/provenance.py -> the checkout
 # Written by `experiment report`: an experiment's report is not code, and running a second experiment after the
@@ -40,9 +42,11 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: "torch.device") -> dict:
     """What a run's numbers depend on besides its config and code: package versions, the device, and on the CPU the
     thread count (it changes the order of float sums) and whether torch's deterministic algorithms are enforced."""
+    import torch  # here, not at the top: `lm prepare` records versions through this module and runs without torch
+
     versions = {
         "python": platform.python_version(),
         **{name: package_version(name) for name in ("torch", "lightning", "lm")},

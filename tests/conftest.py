@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -16,6 +17,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def tiny_config(block: str = "modern", **overrides) -> ModelConfig:
     return ModelConfig(**{"block": block, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **overrides})
+
+
+def quiet_trainer(root, **settings) -> L.Trainer:
+    """A CPU Trainer that writes only what a test asks for: no logger, progress bar or model summary."""
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return L.Trainer(**{"accelerator": "cpu", "default_root_dir": root, **quiet, **settings})
 
 
 @pytest.fixture(params=["classic", "modern"])

@@ -42,7 +42,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import datasets
@@ -57,6 +56,7 @@ from lm.data.sources import load_source
 from lm.data.tokenizer import EOT, TOKENIZER_NAME, get_encoding
 from lm.errors import UserError
 from lm.files import write_atomic
+from lm.provenance import package_version
 
 PROGRESS = "progress.json"
 SPLITS = ("train", "val")
@@ -193,13 +193,6 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1  # macOS
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:  # lm run from a source tree that was not pip-installed
-        return None
 
 
 def manifest_head(description: dict, arguments: dict) -> dict:

@@ -3,14 +3,33 @@
 import gzip
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from lm.data.prepare import prepare
+from lm.data.prepare import ShardWriter, prepare
 
 WORDS = "the of a model token data python loss step window shard source mixture café naïve 数据 🙂".split()
+
+
+@contextmanager
+def shard_writes_fail_at(call: int, error: Exception):
+    """Inside the block, the `call`-th ShardWriter.add raises `error`: a prepare interrupted part-way."""
+    real_add, calls = ShardWriter.add, []
+
+    def failing_add(self, *args):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        real_add(self, *args)
+
+    ShardWriter.add = failing_add
+    try:
+        yield
+    finally:
+        ShardWriter.add = real_add
 
 
 def make_docs(count: int, seed: int = 0, words: tuple[int, int] = (5, 60)) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from jsonargparse import ArgumentParser
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
@@ -17,6 +17,7 @@ from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.data.mixture import Schedule
 from lm.data.prepare import prepare
 from lm.errors import UserError
+from tests.conftest import quiet_trainer
 from tests.data.conftest import make_docs, prepared
 
 SEQ, BATCH = 16, 4
@@ -112,16 +113,13 @@ def test_exact_resume_with_a_real_trainer(blend, tmp_path, accumulate, workers):
         )
 
     def trainer(steps, callbacks=()):
-        return Trainer(
+        return quiet_trainer(
+            tmp_path,
             max_steps=steps,
             accumulate_grad_batches=accumulate,
             val_check_interval=5 * accumulate,
             limit_val_batches=2,
             num_sanity_val_steps=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
             callbacks=[*callbacks, MixtureLogger()],
         )
 
@@ -144,14 +142,11 @@ def test_exact_resume_with_a_real_trainer(blend, tmp_path, accumulate, workers):
 def test_short_epochs_continue_the_stream(corpus, tmp_path):
     """limit_train_batches ends an epoch; the next pass over the loader continues, it does not restart."""
     model = Tiny()
-    trainer = Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=9,
         limit_train_batches=3,
         limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
     )
     trainer.fit(model, TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, num_workers=0))
     reference = take(TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, num_workers=0).train_dataloader(), 9)
@@ -202,16 +197,12 @@ class Recorder(Tiny):
 @pytest.mark.slow
 def test_two_process_gloo_ranks_split_one_stream(blend, tmp_path):
     dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=1, val_batches=2)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
         devices=2,
         strategy="ddp_spawn",
         max_steps=5,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        default_root_dir=tmp_path,
     )
     trainer.fit(Recorder(str(tmp_path)), dm)
     single = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0)
@@ -317,14 +308,11 @@ def test_a_source_that_runs_out_warns_once_and_logs_its_epoch(tmp_path):
     dm = TokenDataModule(prepared(tmp_path, "small", make_docs(30)), seq_len=SEQ, batch_size=BATCH, num_workers=0)
     dm.setup("fit")
     windows = int(dm.mixture.sizes[0])
-    trainer = Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=windows // BATCH + 2,  # into the second pass
         limit_val_batches=0,
         log_every_n_steps=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
         callbacks=[MixtureLogger()],
     )
     with pytest.warns(UserWarning, match=rf"data source 'small' ran out: all {windows:,} of its windows") as caught:

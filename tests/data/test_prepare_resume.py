@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lm.data import prepare as prepare_module
-from lm.data.prepare import PROGRESS, ShardWriter, prepare
+from lm.data.prepare import PROGRESS, prepare
 from lm.errors import UserError
-from tests.data.conftest import make_docs
+from tests.data.conftest import make_docs, shard_writes_fail_at
 from tests.reliability.helpers import ROOT, child_env, wait_until
 
 DOCS = make_docs(1500)
@@ -74,21 +74,11 @@ def test_kill_9_mid_prepare_then_the_same_command_finishes_it(corpus, out, tmp_p
     assert snapshot(out) == reference
 
 
-def test_an_exception_keeps_the_work_and_a_rerun_finishes_it(corpus, out, monkeypatch, capfd):
+def test_an_exception_keeps_the_work_and_a_rerun_finishes_it(corpus, out, capfd):
     source, reference = corpus
-    real_add, calls = ShardWriter.add, []
-
-    def failing_add(self, *args):
-        calls.append(1)
-        if len(calls) == 30:
-            raise RuntimeError("disk on fire")
-        real_add(self, *args)
-
-    monkeypatch.setattr(ShardWriter, "add", failing_add)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with shard_writes_fail_at(30, RuntimeError("disk on fire")), pytest.raises(RuntimeError, match="disk on fire"):
         prepare_local(source, out)
     assert "keeps the work done: run the same command again" in capfd.readouterr().err
-    monkeypatch.setattr(ShardWriter, "add", real_add)
 
     with pytest.raises(UserError, match=r"started with arguments.seed = 0, now 1; run the first command again"):
         prepare_local(source, out, seed=1)  # other arguments would not continue the same output

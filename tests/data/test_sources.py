@@ -14,11 +14,11 @@ import pytest
 import zstandard
 
 from lm.data.packed import read_manifest
-from lm.data.prepare import ShardWriter, prepare, val_mask
+from lm.data.prepare import prepare, val_mask
 from lm.data.sources import HUB_SOURCES, load_source, python_docstrings
 from lm.data.tokenizer import EOT, get_encoding
 from lm.errors import UserError
-from tests.data.conftest import c4_mirror, dclm_mirror, make_docs, write_jsonl
+from tests.data.conftest import c4_mirror, dclm_mirror, make_docs, shard_writes_fail_at, write_jsonl
 from tests.data.test_prepare import expected_tokens, split_tokens
 
 
@@ -249,17 +249,8 @@ def test_hub_revision_is_resolved_read_and_recorded(tmp_path, monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", dataset_info)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    real_add, calls = ShardWriter.add, []
-
-    def failing_add(self, *args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise ConnectionResetError("gone")
-        real_add(self, *args)
-
-    monkeypatch.setattr(ShardWriter, "add", failing_add)
     options = {"out": str(tmp_path / "out"), "val_fraction": 0.1, "num_proc": 1, "chunk_docs": 40}
-    with pytest.raises(ConnectionResetError):
+    with shard_writes_fail_at(3, ConnectionResetError("gone")), pytest.raises(ConnectionResetError):
         prepare(source="dclm", **options)
     assert asked == [
         ("info", "mlfoundations/dclm-baseline-1.0", None),
@@ -267,7 +258,6 @@ def test_hub_revision_is_resolved_read_and_recorded(tmp_path, monkeypatch):
     ]
 
     hub["head"], asked[:] = later, []
-    monkeypatch.setattr(ShardWriter, "add", real_add)
     out = prepare(source="dclm", **options)
     assert asked == [
         ("info", "mlfoundations/dclm-baseline-1.0", first),

@@ -13,7 +13,7 @@ from lm.checkpoint import load_checkpoint
 from lm.data.datamodule import TokenDataModule
 from lm.errors import UserError
 from lm.module import LanguageModel
-from tests.conftest import tiny_config
+from tests.conftest import quiet_trainer, tiny_config
 
 
 class PoisonedModel(LanguageModel):
@@ -47,15 +47,11 @@ def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, optimizer="
     model = PoisonedModel(bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1, optimizer=optimizer)
     data = TokenDataModule(corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     recorder = WeightRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=max_steps,
         limit_val_batches=0,
         log_every_n_steps=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
         plugins=[AtomicCheckpointIO()],
         callbacks=[NonFiniteGuard(max_consecutive), recorder, *trainer_args.pop("callbacks", [])],
         **trainer_args,
@@ -99,15 +95,12 @@ def test_clipping_with_the_guards_norm_equals_lightnings_clipping(text_corpus, t
         model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
         data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
         recorder = WeightRecorder()
-        trainer = L.Trainer(
-            accelerator="cpu",
+        trainer = quiet_trainer(
+            tmp_path,
             max_steps=4,
             limit_val_batches=0,
             gradient_clip_val=0.05,  # far below the norm (~2): every step is clipped
-            logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             callbacks=[recorder, *([NonFiniteGuard()] if guard else [])],
         )
         trainer.fit(model, data)
