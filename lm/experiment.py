@@ -11,6 +11,9 @@ lm commands a user would type.
       classic: [experiments/x/classic.yaml]
       modern: ["--model.config.mlp_hidden=356"]
     init_from: {modern: runs/base/checkpoints/best.ckpt}  # optional: a path, or another (earlier) variant's name
+    seeds: [0, 1]             # optional: each variant runs once per seed (--seed_everything), into <variant>/seed<k>
+    baseline: classic         # optional: the reference of the report's comparison (see below)
+    compare: {modern: classic}  # optional: another reference for some variants (default: the baseline)
     hellaswag: data/hellaswag_val.jsonl           # optional: scored on each best.ckpt and on each init_from base
     eval:                                         # optional: `python -m lm eval` flags, run on the same checkpoints
       tasks: [hellaswag, arc_easy]                #   into runs/<name>/<variant>/eval/{best,base}.json
@@ -26,6 +29,11 @@ Design choices:
   puts the runs elsewhere (a scratch disk, a test's tmp directory).
 - The report (results.md and results.png in the experiment folder) reads only run_summary.json,
   metrics.jsonl, hellaswag*.json and eval/*.json of each run, so it can be rebuilt at any time, also while runs go on.
+- Besides a row per run, the report has a row per variant: its best val loss as mean ± standard deviation over
+  seeds (a variant with one seed is marked so), and with a `baseline` the tokens each variant needs to reach the
+  baseline's final val loss (mean over its seeds), that as a ratio of the baseline's own tokens, and the difference
+  from its reference with Welch's t-test over seeds (lm/statistics.py). Seeds change the initialisation only
+  (`--seed_everything`); the data order is the config's `data.seed`.
 """
 
 import json
@@ -40,11 +48,12 @@ from jsonargparse import CLI
 
 from lm.errors import UserError
 from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
-from lm.plot import plot
+from lm.plot import plot, read_metrics
 from lm.provenance import git_state
+from lm.statistics import mean_and_spread, tokens_to_target, welch_p_value
 
 EXPERIMENTS = Path("experiments")
-KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval"}
+KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval", "seeds", "baseline", "compare"}
 # Best val loss may differ by this much (nats) between a rerun and the committed table in another environment
 # (threads, versions, device); see experiments/README.md for the differences measured.
 VERIFY_TOLERANCE = 0.005
@@ -64,6 +73,16 @@ def load_experiment(name: str) -> dict:
     if "eval" in spec and not (isinstance(spec["eval"], dict) and spec["eval"].get("tasks")):
         raise UserError(f"{path}: eval needs tasks (e.g. eval: {{tasks: [hellaswag, arc_easy]}})")
     variants = list(spec["variants"])
+    seeds = spec.get("seeds")
+    if seeds is not None and (not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds)):
+        raise UserError(f"{path}: seeds must be a list of distinct integers (e.g. seeds: [0, 1]), got {seeds!r}")
+    if seeds and spec.get("init_from"):
+        raise UserError(f"{path}: seeds and init_from together are not supported: list a variant per seed instead")
+    for key, reference in [("baseline", spec.get("baseline")), *spec.get("compare", {}).items()]:
+        if key != "baseline" and key not in variants:
+            raise UserError(f"{path}: compare names {key!r}, which is not a variant")
+        if reference is not None and reference not in variants:
+            raise UserError(f"{path}: {key} is compared with {reference!r}, which is not a variant")
     for variant, base in spec.get("init_from", {}).items():
         if variant not in variants:
             raise UserError(f"{path}: init_from names {variant!r}, which is not a variant")
@@ -96,11 +115,26 @@ def base_checkpoint(spec: dict, variant: str, runs: Path) -> str | None:
     return str(runs / base / "checkpoints" / "best.ckpt") if base in spec["variants"] else base
 
 
-def fit_args(spec: dict, variant: str, run_dir: Path, base: str | None) -> list[str]:
-    """`python -m lm fit` arguments of a variant: the shared configs, its own configs and flags, its base, its run."""
+def runs_of(spec: dict, variants: list[str] | None = None) -> list[tuple[str, str, int | None]]:
+    """(run name, variant, seed) of every run, in experiment order: a variant's name, or <variant>/seed<k> when the
+    experiment has `seeds` (seed None: the configs' own)."""
+    seeds = spec.get("seeds") or [None]
+    return [
+        (variant if seed is None else f"{variant}/seed{seed}", variant, seed)
+        for variant in spec["variants"]
+        if variants is None or variant in variants
+        for seed in seeds
+    ]
+
+
+def fit_args(spec: dict, variant: str, run_dir: Path, base: str | None, seed: int | None = None) -> list[str]:
+    """`python -m lm fit` arguments of a run: the shared configs, the variant's configs and flags, its seed, its base,
+    its run directory."""
     args = ["fit"]
     for item in [*spec.get("configs", []), *spec["variants"][variant]]:
         args += [item] if item.startswith("--") else ["--config", item]
+    if seed is not None:
+        args += [f"--seed_everything={seed}"]
     if base:
         args += ["--model.init_from", base]
     args += ["--trainer.default_root_dir", str(run_dir)]
@@ -175,12 +209,12 @@ def run(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False) -
             "first (or pass --allow_mixed_commits true to run anyway and mark the table)"
         )
     prepare_data(spec)
-    for variant in spec["variants"]:
-        run_dir, base = runs / variant, base_checkpoint(spec, variant, runs)
+    for run_name, variant, seed in runs_of(spec):
+        run_dir, base = runs / run_name, base_checkpoint(spec, variant, runs)
         if is_finished(run_dir):
             print(f"{run_dir}: finished, skipped (delete it to run it again)")
         else:
-            lm_command(*fit_args(spec, variant, run_dir, base))
+            lm_command(*fit_args(spec, variant, run_dir, base, seed))
         if spec.get("hellaswag"):
             score_hellaswag(spec["hellaswag"], str(run_dir / "checkpoints" / "best.ckpt"), run_dir / "hellaswag.json")
             if base:
@@ -241,9 +275,9 @@ def result_row(variant: str, summary: dict | None, run_dir: Path, with_hellaswag
 def suite_table(spec: dict, runs: Path) -> list[str]:
     """Report lines: each variant's (and base's) accuracy per harness task ± its standard error, and their mean."""
     evaluated = []
-    for variant in spec["variants"]:
-        for label, file in ((variant, "best.json"), (f"{variant}'s base", "base.json")):
-            results = read_json(runs / variant / "eval" / file)
+    for run_name, _, _ in runs_of(spec):
+        for label, file in ((run_name, "best.json"), (f"{run_name}'s base", "base.json")):
+            results = read_json(runs / run_name / "eval" / file)
             if results:
                 evaluated.append((label, results))
     if not evaluated:
@@ -271,6 +305,84 @@ def suite_table(spec: dict, runs: Path) -> list[str]:
     ]
 
 
+def final_val_loss(run_dir: Path) -> float | None:
+    losses = [row["val/loss"] for row in read_metrics(run_dir) if "val/loss" in row]
+    return losses[-1] if losses else None
+
+
+def val_curve(run_dir: Path) -> list[tuple[int, float]]:
+    return [(row["tokens"], row["val/loss"]) for row in read_metrics(run_dir) if "val/loss" in row]
+
+
+def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
+    """Report lines: a row per variant over its finished seeds (mean ± standard deviation of the best val loss), the
+    tokens to reach the baseline's final val loss, and the difference from the variant's reference with Welch's
+    t-test (lm/statistics.py)."""
+    finished = {}  # variant -> [(run name, best val loss)]
+    for run_name, variant, _ in runs_of(spec):
+        summary = ran.get(run_name)
+        if summary and summary["finished"] and summary.get("best_val"):
+            finished.setdefault(variant, []).append((run_name, summary["best_val"]["val/loss"]))
+    if not finished:
+        return []
+    baseline, compare = spec.get("baseline"), spec.get("compare", {})
+    target = None
+    if baseline in finished:
+        target = mean_and_spread([final_val_loss(runs / run_name) for run_name, _ in finished[baseline]])[0]
+    reached = {}  # variant -> tokens to target of each seed (None: never reached it)
+    for variant, results in finished.items():
+        if variant == baseline:  # the target is where the baseline ends: its budget
+            reached[variant] = [ran[run_name]["tokens_seen"] for run_name, _ in results]
+        elif target is not None:
+            reached[variant] = [tokens_to_target(val_curve(runs / run_name), target) for run_name, _ in results]
+    header = ["variant", "seeds", "best val loss (mean ± sd)", "per seed"]
+    if target is not None:
+        header += [f"tokens to {target:.4f}", "× fewer tokens than the baseline"]
+    header += ["Δ vs reference (p, Welch)"]
+    rows = []
+    for variant in spec["variants"]:
+        if variant not in finished:
+            rows.append([variant, "0", "not run", *["-"] * (len(header) - 3)])
+            continue
+        losses = [loss for _, loss in finished[variant]]
+        mean, spread = mean_and_spread(losses)
+        row = [variant, f"{len(losses)}" + (" (one seed: no spread)" if spread is None else "")]
+        row += [
+            f"{mean:.4f}" + (f" ± {spread:.4f}" if spread is not None else ""),
+            ", ".join(f"{x:.4f}" for x in losses),
+        ]
+        if target is not None:
+            tokens = [t for t in reached[variant] if t is not None]
+            if len(tokens) == len(reached[variant]):
+                mean_tokens = mean_and_spread(tokens)[0]
+                row += [f"{mean_tokens:,.0f}", f"{mean_and_spread(reached[baseline])[0] / mean_tokens:.2f}×"]
+            else:
+                row += [f"not reached ({len(tokens)} of {len(reached[variant])} seeds did)", "-"]
+        reference = compare.get(variant, baseline)
+        if reference in finished and reference != variant:
+            other = [loss for _, loss in finished[reference]]
+            p_value = welch_p_value(losses, other)
+            difference = mean - mean_and_spread(other)[0]
+            row += [
+                f"{difference:+.4f} vs {reference} (p = {p_value:.3f})"
+                if p_value is not None
+                else f"{difference:+.4f} vs {reference} (no test: one seed)"
+            ]
+        else:
+            row += ["-"]
+        rows.append(row)
+    lines = ["## Over seeds", "", markdown_table(header, rows), ""]
+    notes = "sd: sample standard deviation over the variant's finished seeds. Δ: difference of mean best val loss from"
+    notes += " the reference (the baseline unless `compare` names another); p: two-sided Welch's t-test over seeds."
+    if target is not None:
+        notes += (
+            f" Target: {baseline}'s final val loss (mean over its seeds); tokens to target: the first validation at or "
+            f"below it (mean over seeds; the resolution is the validation interval), for {baseline} its budget; "
+            f"× fewer: {baseline}'s budget over the variant's tokens to target."
+        )
+    return [*lines, notes, ""]
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
@@ -288,8 +400,9 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     """
     spec = load_experiment(name)
     runs, out = Path(runs_root, name), EXPERIMENTS / name
-    summaries = {variant: read_json(runs / variant / "run_summary.json") for variant in spec["variants"]}
-    ran = {variant: summary for variant, summary in summaries.items() if summary}
+    names = [run_name for run_name, _, _ in runs_of(spec)]
+    summaries = {run_name: read_json(runs / run_name / "run_summary.json") for run_name in names}
+    ran = {run_name: summary for run_name, summary in summaries.items() if summary}
     commits = {variant: commit(summary) for variant, summary in ran.items()}
     mixed = len(set(commits.values())) > 1 or any(summary.get("git_dirty") is not False for summary in ran.values())
     if mixed and not allow_mixed_commits:
@@ -302,7 +415,7 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     with_hellaswag, with_base = bool(spec.get("hellaswag")), bool(spec.get("hellaswag") and spec.get("init_from"))
     header = ["variant", "params", "tokens", "best val loss", "val bpb", "at step", "tokens/s", "wall time", "commit"]
     header += ["HellaSwag acc_norm"] * with_hellaswag + ["HellaSwag of its base"] * with_base
-    rows = [result_row(v, summaries[v], runs / v, with_hellaswag, with_base) for v in spec["variants"]]
+    rows = [result_row(v, summaries[v], runs / v, with_hellaswag, with_base) for v in names]
     if mixed:
         rows = [[f"{row[0]} ⚠", *row[1:]] for row in rows]
     lines = [f"# {name}", "", spec.get("question", "").strip(), ""]
@@ -313,11 +426,12 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
             "",
         ]
     lines += [markdown_table(header, rows), ""]
+    lines += seed_table(spec, runs, ran)
     lines += suite_table(spec, runs)
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
     at = f"commit {next(iter(commits.values()))}" if not mixed and commits else "the commits above"
     lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]
-    plotted = [str(runs / variant) for variant in spec["variants"] if (runs / variant / "metrics.jsonl").is_file()]
+    plotted = [str(runs / run_name) for run_name in names if (runs / run_name / "metrics.jsonl").is_file()]
     if plotted:
         plot(plotted, out=str(out / "results.png"))
         lines += ["", "![train loss, val loss, learning rate and throughput against tokens](results.png)"]
@@ -364,20 +478,21 @@ def verify(
     committed = (read_json(path) or {}).get("variants")
     if not committed:
         raise UserError(f"{path} not found: there is no committed table to verify (python -m lm experiment run {name})")
-    chosen = variant or list(committed)
+    committed_variants = list(dict.fromkeys(v for run_name, v, _ in runs_of(spec) if run_name in committed))
+    chosen = variant or committed_variants
     for wanted in chosen:
-        if wanted not in committed:
-            raise UserError(f"{path} has no variant {wanted!r} (it has: {', '.join(committed)})")
+        if wanted not in committed_variants:
+            raise UserError(f"{path} has no variant {wanted!r} (it has: {', '.join(committed_variants)})")
     bases = {spec.get("init_from", {}).get(v) for v in chosen} & set(spec["variants"])
-    chosen = [v for v in spec["variants"] if v in set(chosen) | bases]  # in experiment order: bases first
+    chosen_runs = [run for run in runs_of(spec, list(set(chosen) | bases)) if run[0] in committed]  # bases first
     check_inputs(spec)
     prepare_data(spec)
     runs = Path(runs_root, name)
     rows, failed = [], []
-    for v in chosen:
+    for v, variant_name, seed in chosen_runs:
         run_dir = runs / v
         shutil.rmtree(run_dir, ignore_errors=True)
-        lm_command(*fit_args(spec, v, run_dir, base_checkpoint(spec, v, runs)))
+        lm_command(*fit_args(spec, variant_name, run_dir, base_checkpoint(spec, variant_name, runs), seed))
         rerun, then = read_json(run_dir / "run_summary.json"), committed[v]
         loss = rerun["best_val"]["val/loss"]
         same = environment(rerun) == environment(then)

@@ -156,3 +156,101 @@ def test_a_variant_is_a_fit_command_that_continues_an_interrupted_run(tmp_path):
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.ckpt").touch()
     assert fit_args(spec, "v", run_dir, "b.ckpt") == [*fresh, "--ckpt_path", "last"]
+
+
+def fake_run(run_dir: Path, curve: list[tuple[int, float]], sha: str = "a" * 40) -> None:
+    """A finished run's run_summary.json and metrics.jsonl, as RunSummaryCallback writes them (val points only)."""
+    run_dir.mkdir(parents=True)
+    lines = [{"step": tokens // 100, "tokens": tokens, "val/loss": loss} for tokens, loss in curve]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    best = min(lines, key=lambda line: line["val/loss"])
+    summary = {
+        "finished": True,
+        "params": 1000,
+        "tokens_seen": curve[-1][0],
+        "best_val": {"step": best["step"], "tokens": best["tokens"], "val/loss": best["val/loss"], "val/bpb": 1.0},
+        "wall_time_s": 10.0,
+        "mean_tokens_per_sec": 100.0,
+        "git_commit": sha,
+        "git_dirty": False,
+        "versions": {"python": "3"},
+        "device": "cpu",
+        "threads": 2,
+        "deterministic": False,
+    }
+    (run_dir / "run_summary.json").write_text(json.dumps(summary))
+
+
+def test_seeded_variants_are_runs_of_their_own_with_the_seed_as_a_flag(tmp_path):
+    spec = {"configs": ["base.yaml"], "variants": {"a": [], "b": ["--model.lr=1e-3"]}, "seeds": [0, 3]}
+    assert experiment.runs_of(spec) == [
+        ("a/seed0", "a", 0),
+        ("a/seed3", "a", 3),
+        ("b/seed0", "b", 0),
+        ("b/seed3", "b", 3),
+    ]
+    assert experiment.runs_of(spec, ["b"]) == [("b/seed0", "b", 0), ("b/seed3", "b", 3)]
+    args = fit_args(spec, "b", tmp_path / "b" / "seed3", None, 3)
+    assert args == [
+        "fit",
+        "--config",
+        "base.yaml",
+        "--model.lr=1e-3",
+        "--seed_everything=3",
+        "--trainer.default_root_dir",
+        str(tmp_path / "b" / "seed3"),
+    ]
+    assert experiment.runs_of({"variants": {"a": []}}) == [("a", "a", None)]  # no seeds: as before
+
+
+def test_a_report_over_seeds_gives_mean_spread_tokens_to_target_and_welch_test(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "experiments" / "seeded"
+    folder.mkdir(parents=True)
+    spec = {
+        "question": "q?",
+        "variants": {"base": [], "fast": [], "solo": []},
+        "seeds": [0, 1],
+        "baseline": "base",
+        "compare": {"solo": "fast"},
+    }
+    (folder / "experiment.yaml").write_text(json.dumps(spec))
+    runs = tmp_path / "runs" / "seeded"
+    fake_run(runs / "base" / "seed0", [(100, 6.0), (200, 5.0), (300, 4.0)])
+    fake_run(runs / "base" / "seed1", [(100, 6.0), (200, 5.2), (300, 4.2)])  # target: mean final loss 4.1
+    fake_run(runs / "fast" / "seed0", [(100, 4.0), (200, 3.0), (300, 2.9)])  # reaches 4.1 at 100 tokens
+    fake_run(runs / "fast" / "seed1", [(100, 4.6), (200, 3.1), (300, 3.0)])  # ... and at 200
+    fake_run(runs / "solo" / "seed0", [(100, 5.0), (200, 4.5), (300, 4.4)])  # never reaches it; seed1 never ran
+    experiment.report("seeded")
+    report = (folder / "results.md").read_text()
+    p_value = experiment.welch_p_value([2.9, 3.0], [4.0, 4.2])
+    assert f"| base | 2 | 4.1000 ± {0.2 / 2**0.5:.4f} | 4.0000, 4.2000 | 300 | 1.00× | - |" in report
+    assert (
+        f"| fast | 2 | 2.9500 ± {0.1 / 2**0.5:.4f} | 2.9000, 3.0000 | 150 | 2.00× "
+        f"| -1.1500 vs base (p = {p_value:.3f}) |" in report
+    )
+    solo = "| solo | 1 (one seed: no spread) | 4.4000 | 4.4000 | not reached (0 of 1 seeds did) | - |"
+    assert solo + " +1.4500 vs fast (no test: one seed) |" in report
+    assert "| solo/seed1 | not run |" in report
+    assert "tokens to 4.1000" in report and "Welch" in report
+    assert set(json.loads((folder / "results.json").read_text())["variants"]) == {
+        "base/seed0",
+        "base/seed1",
+        "fast/seed0",
+        "fast/seed1",
+        "solo/seed0",
+    }
+
+
+def test_bad_seeds_or_references_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "experiments" / "x"
+    folder.mkdir(parents=True)
+    for extra, message in [
+        ({"seeds": [0, 0]}, "seeds must be a list of distinct integers"),
+        ({"baseline": "nope"}, "baseline is compared with 'nope', which is not a variant"),
+        ({"compare": {"nope": "a"}}, "compare names 'nope', which is not a variant"),
+    ]:
+        (folder / "experiment.yaml").write_text(json.dumps({"variants": {"a": []}, **extra}))
+        with pytest.raises(experiment.UserError, match=message):
+            load_experiment("x")
