@@ -1,0 +1,180 @@
+"""Scaling-law fits of a ladder of runs: which model size and token count a compute budget should buy.
+
+Two fits, each with its own use (Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models"):
+- **IsoFLOP** (their approach 2), the one the prediction comes from: at each budget C the final loss against log N
+  is a parabola; its minimum is the compute-optimal size N*(C), and the same in log D gives D*(C); power laws
+  N* = k·C^a and D* = k'·C^b are lines in log-log space. It needs only 3+ sizes per budget and assumes no form of the
+  loss, which suits a small ladder.
+- **Parametric** L(N, D) = E + A/N^α + B/D^β (their approach 3): five constants from all points at once, so it says
+  what each term costs (E the irreducible loss, α and β how fast size and data pay). It is fitted as they did, with
+  the known pitfalls of that fit avoided: a Huber loss on log L, *summed* over points (a mean scales the objective
+  down until L-BFGS's tolerance stops it early), L-BFGS-B from a grid of initial points with the best kept, and
+  bootstrap intervals (refits on points resampled with replacement).
+N is the non-embedding parameter count (the embedding tables do no matmul and dominate a small model's count) and C
+the FLOPs the runs spent by the model's own count (GPT.flops_per_token × tokens), so D is tokens.
+"""
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+
+HUBER_DELTA = 1e-3  # as in Hoffmann et al.: nearly an L1 loss on log L, robust to an outlying run
+MIN_SPAN = 4.0  # a ladder's sizes (and token counts) should span at least this factor to separate the exponents
+
+
+@dataclass
+class Point:
+    """One finished run of a ladder."""
+
+    budget: float  # the FLOP budget it was given (the IsoFLOP group)
+    params: float  # N: non-embedding parameters
+    tokens: float  # D: tokens trained
+    loss: float  # final val loss
+    warmup_only: bool = False  # stopped before its warmup ended: its loss says nothing about its size
+
+
+@dataclass
+class IsoFlopFit:
+    optima: dict[float, tuple[float, float]]  # budget -> (N*, D*) at the parabolas' minima
+    params_exponent: tuple[float, float]  # a of N* = k·C^a, and its standard error
+    tokens_exponent: tuple[float, float]  # b of D* = k'·C^b, and its standard error
+    params_coefficient: float  # k
+    tokens_coefficient: float  # k'
+    parabolas: dict[float, tuple[np.ndarray, np.ndarray]]  # budget -> (coefficients in log N, in log D)
+
+    def optimal(self, flops: float) -> tuple[float, float]:
+        """(N*, D*) the power laws give for a budget of `flops`."""
+        return self.params_coefficient * flops ** self.params_exponent[0], (
+            self.tokens_coefficient * flops ** self.tokens_exponent[0]
+        )
+
+
+@dataclass
+class ParametricFit:
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    intervals: dict[str, tuple[float, float]]  # constant -> 95% bootstrap interval (2.5th, 97.5th percentile)
+
+    def loss(self, params, tokens):
+        return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
+
+
+def usable(points: list[Point]) -> list[Point]:
+    """The points a fit may use: warm-up-only runs left out."""
+    return [p for p in points if not p.warmup_only]
+
+
+def span_warnings(points: list[Point]) -> list[str]:
+    """Why a fit of these points may not separate the exponents (empty when the sizes and tokens span enough)."""
+    found = []
+    for name, values in (("sizes", [p.params for p in points]), ("token counts", [p.tokens for p in points])):
+        span = max(values) / min(values)
+        if span < MIN_SPAN:
+            found.append(
+                f"the {name} span only {span:.1f}× (< {MIN_SPAN:.0f}×): the fitted exponents are poorly separated"
+            )
+    return found
+
+
+def fit_isoflop(points: list[Point]) -> IsoFlopFit:
+    """Parabolas of loss in log N and in log D per budget (3+ sizes), then power laws through their minima."""
+    optima, parabolas = {}, {}
+    for budget in sorted({p.budget for p in points}):
+        group = [p for p in points if p.budget == budget]
+        if len({p.params for p in group}) < 3:
+            continue
+        loss = np.array([p.loss for p in group])
+        by_params = np.polyfit(np.log([p.params for p in group]), loss, 2)
+        by_tokens = np.polyfit(np.log([p.tokens for p in group]), loss, 2)
+        if by_params[0] <= 0 or by_tokens[0] <= 0:
+            warnings.warn(f"budget {budget:.3g}: the loss is not convex in size, no optimum to fit", stacklevel=2)
+            continue
+        vertex = lambda c: math.exp(-c[1] / (2 * c[0]))
+        optima[budget] = (vertex(by_params), vertex(by_tokens))
+        parabolas[budget] = (by_params, by_tokens)
+    if len(optima) < 2:
+        raise ValueError("an IsoFLOP fit needs at least 2 budgets with 3 or more sizes each")
+    log_c = np.log(list(optima))
+    by_n = stats.linregress(log_c, np.log([n for n, _ in optima.values()]))
+    by_d = stats.linregress(log_c, np.log([d for _, d in optima.values()]))
+    return IsoFlopFit(
+        optima=optima,
+        params_exponent=(by_n.slope, by_n.stderr),
+        tokens_exponent=(by_d.slope, by_d.stderr),
+        params_coefficient=math.exp(by_n.intercept),
+        tokens_coefficient=math.exp(by_d.intercept),
+        parabolas=parabolas,
+    )
+
+
+def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray):
+    """Summed Huber loss of log L, with L = exp(e) + exp(a − α log N) + exp(b − β log D) as a logsumexp, and its
+    gradient (analytic: L-BFGS then needs one evaluation a step instead of six)."""
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    top = terms.max(axis=0)
+    exp_terms = np.exp(terms - top)
+    predicted = top + np.log(exp_terms.sum(axis=0))  # logsumexp, without scipy's per-call overhead (a hot loop)
+    residual = predicted - log_loss
+    slope = np.clip(residual, -HUBER_DELTA, HUBER_DELTA)  # d huber / d residual
+    weights = slope * exp_terms / exp_terms.sum(axis=0)  # × d predicted / d term (the softmax of the terms)
+    gradient = [
+        weights[0].sum(),
+        weights[1].sum(),
+        weights[2].sum(),
+        -(weights[0] * log_n).sum(),
+        -(weights[1] * log_d).sum(),
+    ]
+    return float(special.huber(HUBER_DELTA, residual).sum()), np.array(gradient)
+
+
+INITIAL_GRID = {  # Hoffmann et al.'s grid, coarser (72 starts, not 4,500): a, b, e, α, β
+    "a": [0.0, 10.0],
+    "b": [0.0, 10.0],
+    "e": [-1.0, 1.0],
+    "alpha": [0.2, 0.6, 1.2],
+    "beta": [0.2, 0.6, 1.2],
+}
+
+
+def _minimize(data: tuple[np.ndarray, ...], starts) -> np.ndarray:
+    """L-BFGS-B from every start; the parameters of the lowest objective."""
+    best = None
+    for start in starts:
+        result = optimize.minimize(_objective, np.array(start, dtype=float), args=data, jac=True, method="L-BFGS-B")
+        if best is None or result.fun < best.fun:
+            best = result
+    return best.x
+
+
+def fit_parametric(points: list[Point], bootstrap: int = 100, seed: int = 0) -> ParametricFit:
+    """E + A/N^α + B/D^β by Huber regression on log L (summed), from a grid of starts; `bootstrap` refits on points
+    resampled with replacement (each from the full fit's optimum) give the 95% intervals."""
+    log_n, log_d = np.log([p.params for p in points]), np.log([p.tokens for p in points])
+    log_loss = np.log([p.loss for p in points])
+    a, b, e, alpha, beta = _minimize((log_n, log_d, log_loss), itertools.product(*INITIAL_GRID.values()))
+    constants = lambda a, b, e, alpha, beta: {
+        "E": math.exp(e),
+        "A": math.exp(a),
+        "B": math.exp(b),
+        "alpha": alpha,
+        "beta": beta,
+    }
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(bootstrap):
+        i = rng.integers(0, len(points), len(points))
+        samples.append(constants(*_minimize((log_n[i], log_d[i], log_loss[i]), [(a, b, e, alpha, beta)])))
+    intervals = (
+        {name: tuple(float(q) for q in np.percentile([s[name] for s in samples], [2.5, 97.5])) for name in samples[0]}
+        if samples
+        else {}
+    )
+    return ParametricFit(**constants(a, b, e, alpha, beta), intervals=intervals)

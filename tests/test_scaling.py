@@ -1,0 +1,86 @@
+"""The scaling-law fitters on synthetic ladders drawn from a known law: they must recover its constants."""
+
+import numpy as np
+import pytest
+
+from lm.scaling import Point, fit_isoflop, fit_parametric, span_warnings, usable
+
+E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28  # Hoffmann et al.'s fitted law
+
+
+def law(n, d):
+    return E + A / n**ALPHA + B / d**BETA
+
+
+def ladder(budgets=(1e17, 1e18, 1e19, 1e20), sizes_per_budget=9, noise=0.0, seed=0) -> list[Point]:
+    """Runs at each budget C over sizes around the law's optimum, D = C / 6N, with multiplicative noise on L."""
+    rng = np.random.default_rng(seed)
+    points = []
+    for c in budgets:
+        optimum = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA)) * (c / 6) ** (BETA / (ALPHA + BETA))
+        for n in optimum * np.geomspace(1 / 8, 8, sizes_per_budget):
+            d = c / (6 * n)
+            points.append(Point(budget=c, params=n, tokens=d, loss=law(n, d) * (1 + noise * rng.standard_normal())))
+    return points
+
+
+def test_isoflop_recovers_the_compute_optimal_exponents():
+    fit = fit_isoflop(ladder())
+    # Under C = 6ND the law's optimum is N* ∝ C^(β/(α+β)), D* ∝ C^(α/(α+β)).
+    assert fit.params_exponent[0] == pytest.approx(BETA / (ALPHA + BETA), abs=0.02)
+    assert fit.tokens_exponent[0] == pytest.approx(ALPHA / (ALPHA + BETA), abs=0.02)
+    n, d = fit.optimal(1e21)
+    assert 6 * n * d == pytest.approx(1e21, rel=0.15)  # the two power laws spend the budget they are given
+
+
+def test_parametric_fit_recovers_the_law():
+    exact = fit_parametric(ladder(), bootstrap=0)
+    assert exact.alpha == pytest.approx(ALPHA, abs=0.01) and exact.beta == pytest.approx(BETA, abs=0.01)
+    assert exact.E == pytest.approx(E, rel=0.01)
+
+
+@pytest.mark.slow
+def test_parametric_bootstrap_intervals_bracket_the_law_under_noise():
+    noisy = fit_parametric(ladder(noise=0.002, seed=1), bootstrap=20)
+    for name, true in (("alpha", ALPHA), ("beta", BETA), ("E", E)):
+        low, high = noisy.intervals[name]
+        assert low <= high and low - 0.05 * true <= true <= high + 0.05 * true, (name, low, high)
+
+
+def test_the_summed_huber_loss_is_what_lets_l_bfgs_converge():
+    """A mean would divide the objective by the number of points: with the same tolerance L-BFGS stops earlier.
+    The summed objective's optimum is reached from a poor start; this pins that the objective is a sum."""
+    from lm.scaling import _objective
+
+    points = ladder()
+    data = tuple(np.log([getattr(p, k) for p in points]) for k in ("params", "tokens", "loss"))
+    theta = np.array([np.log(A), np.log(B), np.log(E), ALPHA, BETA]) + 0.1
+    one = _objective(theta, *(x[:1] for x in data))[0]
+    assert _objective(theta, *data)[0] > 10 * one  # grows with the number of points: a sum, not a mean
+
+
+def test_warmup_only_points_are_left_out_and_narrow_ladders_warned():
+    points = ladder(budgets=(1e17, 1e18), sizes_per_budget=3)
+    points[0].warmup_only = True
+    assert points[0] not in usable(points) and len(usable(points)) == len(points) - 1
+    narrow = [Point(1e17, n, 1e9, 3.0) for n in (1e6, 1.5e6, 2e6)]
+    messages = span_warnings(narrow)
+    assert any("sizes span only 2.0×" in m for m in messages) and any(
+        "token counts span only 1.0×" in m for m in messages
+    )
+    assert span_warnings(ladder()) == []
+
+
+def test_the_objective_gradient_equals_finite_differences():
+    from scipy import optimize
+
+    from lm.scaling import _objective
+
+    points = ladder(noise=0.01)
+    data = tuple(np.log([getattr(p, k) for p in points]) for k in ("params", "tokens", "loss"))
+    theta = np.array([np.log(A), np.log(B), np.log(E), ALPHA, BETA]) + 0.05
+    value = lambda t: _objective(t, *data)[0]
+    assert (
+        optimize.check_grad(value, lambda t: _objective(t, *data)[1], theta)
+        < 1e-6 * np.abs(_objective(theta, *data)[1]).max() + 1e-8
+    )
