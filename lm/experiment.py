@@ -12,6 +12,10 @@ lm commands a user would type.
       modern: ["--model.config.mlp_hidden=356"]
     init_from: {modern: runs/base/checkpoints/best.ckpt}  # optional: a path, or another (earlier) variant's name
     seeds: [0, 1]             # optional: each variant runs once per seed (--seed_everything), into <variant>/seed<k>
+    grid:                     # optional: each variant (or the grid alone) crossed with every combination of these
+      model.config.depth: [2, 4]      # keys' values, named after them: modern-depth2-max_flops1e+13, ...
+      model.max_flops: [1.0e13, 3.0e13]
+    scaling: {budget: model.max_flops, predict: [1.0e15]}  # optional: fit a scaling law to the grid (lm/scaling.py)
     baseline: classic         # optional: the reference of the report's comparison (see below)
     compare: {modern: classic}  # optional: another reference for some variants (default: the baseline)
     hellaswag: data/hellaswag_val.jsonl           # optional: scored on each best.ckpt and on each init_from base
@@ -36,6 +40,7 @@ Design choices:
   (`--seed_everything`); the data order is the config's `data.seed`.
 """
 
+import itertools
 import json
 import shlex
 import shutil
@@ -46,6 +51,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import CLI
 
+from lm import scaling
 from lm.errors import UserError
 from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
 from lm.plot import plot, read_metrics
@@ -53,7 +59,10 @@ from lm.provenance import git_state
 from lm.statistics import mean_and_spread, tokens_to_target, welch_p_value
 
 EXPERIMENTS = Path("experiments")
-KEYS = {"question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval", "seeds", "baseline", "compare"}
+KEYS = {
+    *("question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval"),
+    *("seeds", "baseline", "compare", "grid", "scaling"),
+}
 # Best val loss may differ by this much (nats) between a rerun and the committed table in another environment
 # (threads, versions, device); see experiments/README.md for the differences measured.
 VERIFY_TOLERANCE = 0.005
@@ -68,8 +77,10 @@ def load_experiment(name: str) -> dict:
     spec = yaml.safe_load(path.read_text()) or {}
     if set(spec) - KEYS:
         raise UserError(f"{path}: unknown keys {sorted(set(spec) - KEYS)} (known: {sorted(KEYS)})")
+    if spec.get("grid") is not None:
+        spec["variants"] = grid_variants(spec.get("variants") or {"": []}, spec["grid"], path)
     if not spec.get("variants"):
-        raise UserError(f"{path}: no variants")
+        raise UserError(f"{path}: no variants (list them under variants:, or declare a grid:)")
     if "eval" in spec and not (isinstance(spec["eval"], dict) and spec["eval"].get("tasks")):
         raise UserError(f"{path}: eval needs tasks (e.g. eval: {{tasks: [hellaswag, arc_easy]}})")
     variants = list(spec["variants"])
@@ -89,6 +100,20 @@ def load_experiment(name: str) -> dict:
         if base in variants and variants.index(base) >= variants.index(variant):
             raise UserError(f"{path}: variant {variant!r} starts from {base!r}, which must be listed before it")
     return spec
+
+
+def grid_variants(variants: dict, grid: dict, path: Path) -> dict[str, list[str]]:
+    """Every variant crossed with every combination of the grid's values, named after them:
+    {"muon": [...]} × {"model.config.depth": [2, 4]} -> {"muon-depth2": [..., "--model.config.depth=2"], ...}."""
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UserError(f"{path}: grid maps config keys to lists of values (e.g. grid: {{model.config.depth: [2, 4]}})")
+    value = lambda v: f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+    crossed = {}
+    for variant, args in variants.items():
+        for values in itertools.product(*grid.values()):
+            name = "-".join([variant] * bool(variant) + [f"{k.split('.')[-1]}{value(v)}" for k, v in zip(grid, values)])
+            crossed[name] = [*args, *(f"--{key}={value(v)}" for key, v in zip(grid, values))]
+    return crossed
 
 
 def flags(arguments: dict) -> list[str]:
@@ -383,6 +408,77 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
     return [*lines, notes, ""]
 
 
+def config_value(summary: dict, key: str):
+    """A dotted key (model.max_flops) of the run's resolved config, as run_summary.json records it."""
+    value = summary["config"]
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def ladder_points(spec: dict, runs: Path, ran: dict[str, dict]) -> list[scaling.Point]:
+    """A scaling point per finished run: its budget (the `scaling.budget` key), non-embedding parameters, tokens and
+    final val loss; a run that stopped within its warmup is marked (its loss says nothing about its size)."""
+    points = []
+    for run_name, summary in ran.items():
+        loss = final_val_loss(runs / run_name)
+        if summary["finished"] and loss is not None:
+            warmup = config_value(summary, spec["scaling"].get("warmup", "model.warmup_steps"))
+            points.append(
+                scaling.Point(
+                    budget=float(config_value(summary, spec["scaling"]["budget"])),
+                    params=summary["non_embedding_params"],
+                    tokens=summary["tokens_seen"],
+                    loss=loss,
+                    warmup_only=summary["step"] <= warmup,
+                )
+            )
+    return points
+
+
+def scaling_section(spec: dict, runs: Path, ran: dict[str, dict], out: Path) -> list[str]:
+    """Report lines of a ladder: the IsoFLOP fit and its prediction for the `scaling.predict` budgets, the parametric
+    fit with bootstrap intervals, the warnings of lm.scaling; scaling.csv and scaling.png beside the report."""
+    points = ladder_points(spec, runs, ran)
+    if not points:
+        return []
+    scaling.write_csv(points, out / "scaling.csv")
+    used = scaling.usable(points)
+    lines = ["## Scaling law", ""]
+    lines += [
+        f"{len(used)} runs fitted ({len(points) - len(used)} stopped within their warmup, left out); every point is"
+        " in scaling.csv. N: non-embedding parameters; D: tokens; C: FLOPs by the model's own count.",
+        "",
+    ]
+    lines += [f"- ⚠ {warning}" for warning in scaling.span_warnings(used)]
+    try:
+        iso = scaling.fit_isoflop(used)
+    except ValueError as err:
+        iso = None
+        lines += [f"- IsoFLOP fit: not possible ({err})."]
+    if iso:
+        (a, a_se), (b, b_se) = iso.params_exponent, iso.tokens_exponent
+        lines += [
+            f"- **IsoFLOP** (parabola per budget): N* = {iso.params_coefficient:.3g} · C^({a:.3f} ± {a_se:.3f}), "
+            f"D* = {iso.tokens_coefficient:.3g} · C^({b:.3f} ± {b_se:.3f}) (± standard error of the slope)",
+        ]
+        for flops in spec["scaling"].get("predict", []):
+            n, d = iso.optimal(float(flops))
+            lines += [
+                f"  - for C = {float(flops):.3g} FLOPs: N* ≈ {n:,.0f} non-embedding parameters, D* ≈ {d:,.0f} tokens"
+            ]
+    if len(used) >= 5:
+        fit = scaling.fit_parametric(used, bootstrap=spec["scaling"].get("bootstrap", 100))
+        interval = lambda name: "[{:.3g}, {:.3g}]".format(*fit.intervals[name]) if fit.intervals else "-"
+        lines += [
+            f"- **Parametric** L(N, D) = E + A/N^α + B/D^β: E = {fit.E:.3f} {interval('E')}, A = {fit.A:.3g} "
+            f"{interval('A')}, B = {fit.B:.3g} {interval('B')}, α = {fit.alpha:.3f} {interval('alpha')}, "
+            f"β = {fit.beta:.3f} {interval('beta')} (95% bootstrap intervals)"
+        ]
+    scaling.plot_ladder(used, iso, out / "scaling.png")
+    return [*lines, "", "![IsoFLOP curves and the compute-optimal frontier](scaling.png)", ""]
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
@@ -427,6 +523,8 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
         ]
     lines += [markdown_table(header, rows), ""]
     lines += seed_table(spec, runs, ran)
+    if spec.get("scaling"):
+        lines += scaling_section(spec, runs, ran, out)
     lines += suite_table(spec, runs)
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
     at = f"commit {next(iter(commits.values()))}" if not mixed and commits else "the commits above"

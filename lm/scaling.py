@@ -178,3 +178,48 @@ def fit_parametric(points: list[Point], bootstrap: int = 100, seed: int = 0) -> 
         else {}
     )
     return ParametricFit(**constants(a, b, e, alpha, beta), intervals=intervals)
+
+
+def write_csv(points: list[Point], path) -> None:
+    """Every point of the ladder, the warm-up-only ones marked, as CSV."""
+    lines = ["budget_flops,non_embedding_params,tokens,final_val_loss,warmup_only"]
+    lines += [f"{p.budget:.6g},{p.params:.0f},{p.tokens:.0f},{p.loss:.6f},{str(p.warmup_only).lower()}" for p in points]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_ladder(points: list[Point], fit: IsoFlopFit | None, path) -> None:
+    """IsoFLOP curves (loss against N per budget, with the fitted parabola and its minimum) and the frontier (N* and
+    D* against C with the power laws), in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, frontier) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for budget in sorted({p.budget for p in points}):
+        group = sorted((p for p in points if p.budget == budget), key=lambda p: p.params)
+        line = curves.plot([p.params for p in group], [p.loss for p in group], "o", label=f"C = {budget:.2g}")[0]
+        if fit and budget in fit.parabolas:
+            n = np.geomspace(group[0].params, group[-1].params, 50)
+            curves.plot(n, np.polyval(fit.parabolas[budget][0], np.log(n)), "-", color=line.get_color())
+            curves.plot(
+                *fit.optima[budget][:1],
+                np.polyval(fit.parabolas[budget][0], np.log(fit.optima[budget][0])),
+                "*",
+                ms=12,
+                color=line.get_color(),
+            )
+    curves.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final val loss", title="IsoFLOP curves")
+    curves.legend()
+    if fit:
+        budgets = np.array(sorted(fit.optima))
+        c = np.geomspace(budgets[0], budgets[-1], 50)
+        frontier.plot(budgets, [fit.optima[b][0] for b in budgets], "o", label="N* (parabola minima)")
+        frontier.plot(c, [fit.optimal(x)[0] for x in c], "-", label=f"N* ∝ C^{fit.params_exponent[0]:.2f}")
+        frontier.plot(budgets, [fit.optima[b][1] for b in budgets], "s", label="D* (parabola minima)")
+        frontier.plot(c, [fit.optimal(x)[1] for x in c], "--", label=f"D* ∝ C^{fit.tokens_exponent[0]:.2f}")
+        frontier.legend()
+    frontier.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", title="compute-optimal frontier")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

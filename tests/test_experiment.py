@@ -254,3 +254,61 @@ def test_bad_seeds_or_references_are_one_line(tmp_path, monkeypatch):
         (folder / "experiment.yaml").write_text(json.dumps({"variants": {"a": []}, **extra}))
         with pytest.raises(experiment.UserError, match=message):
             load_experiment("x")
+
+
+def test_a_grid_crosses_each_variant_with_every_combination_of_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "experiments" / "ladder"
+    folder.mkdir(parents=True)
+    grid = {"model.config.depth": [2, 4], "model.max_flops": [1.0e13, 3.0e13]}
+    (folder / "experiment.yaml").write_text(json.dumps({"grid": grid, "seeds": [0, 1]}))
+    spec = load_experiment("ladder")
+    assert list(spec["variants"]) == [
+        "depth2-max_flops1e+13",
+        "depth2-max_flops3e+13",
+        "depth4-max_flops1e+13",
+        "depth4-max_flops3e+13",
+    ]
+    assert spec["variants"]["depth4-max_flops1e+13"] == ["--model.config.depth=4", "--model.max_flops=1e+13"]
+    assert len(experiment.runs_of(spec)) == 8  # × 2 seeds
+    (folder / "experiment.yaml").write_text(json.dumps({"variants": {"adamw": ["a.yaml"], "muon": []}, "grid": grid}))
+    spec = load_experiment("ladder")
+    assert len(spec["variants"]) == 8 and spec["variants"]["muon-depth2-max_flops3e+13"][0] == "--model.config.depth=2"
+    assert spec["variants"]["adamw-depth2-max_flops1e+13"][0] == "a.yaml"
+    (folder / "experiment.yaml").write_text(json.dumps({"grid": {"model.lr": 3}}))
+    with pytest.raises(experiment.UserError, match="grid maps config keys to lists of values"):
+        load_experiment("ladder")
+
+
+def test_a_ladder_report_fits_the_law_its_runs_follow(tmp_path, monkeypatch):
+    """Runs of a grid drawn from a known law: the report's IsoFLOP exponent is the law's, with the CSV and plot."""
+    from tests.test_scaling import ALPHA, BETA, law, optimal_size
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "experiments" / "ladder"
+    folder.mkdir(parents=True)
+    sizes, budgets = [2, 3, 4, 5, 6], [1e17, 1e18, 1e19]
+    grid = {"model.config.depth": sizes, "model.max_flops": budgets}
+    spec = {"grid": grid, "scaling": {"budget": "model.max_flops", "predict": [1e20], "bootstrap": 0}}
+    (folder / "experiment.yaml").write_text(json.dumps(spec))
+    for name in load_experiment("ladder")["variants"]:
+        depth, budget = int(name.split("-")[0][5:]), float(name.split("max_flops")[1])
+        optimum = optimal_size(budget)
+        n = optimum * 2.0 ** (depth - 4)  # sizes from 1/4 to 4 × the optimum
+        tokens = budget / (6 * n)
+        warmup_only = depth == 6 and budget == 1e17  # its loss is far off: the fit would be wrong if it used it
+        loss = law(n, tokens) * (3 if warmup_only else 1)
+        fake_run(tmp_path / "runs" / "ladder" / name, [(int(tokens) // 2, 99.0), (int(tokens), loss)])
+        summary_path = tmp_path / "runs" / "ladder" / name / "run_summary.json"
+        config = {"model": {"max_flops": budget, "warmup_steps": 10**9 if warmup_only else 1}}
+        extra = {"non_embedding_params": n, "tokens_seen": int(tokens), "step": 100, "config": config}
+        summary_path.write_text(json.dumps(json.loads(summary_path.read_text()) | extra))
+    experiment.report("ladder")
+    report = (folder / "results.md").read_text()
+    assert "14 runs fitted (1 stopped within their warmup, left out)" in report
+    exponent = float(report.split("N* = ")[1].split("C^(")[1].split(" ±")[0])
+    assert exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.03)
+    assert "α = 0.340" in report and "β = 0.280" in report  # the parametric fit recovers the law itself
+    assert "for C = 1e+20 FLOPs: N* ≈" in report and "Parametric" in report
+    assert (folder / "scaling.csv").read_text().count("\n") == 16 and ",true\n" in (folder / "scaling.csv").read_text()
+    assert (folder / "scaling.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,13 +12,17 @@ def law(n, d):
     return E + A / n**ALPHA + B / d**BETA
 
 
+def optimal_size(flops: float) -> float:
+    """The law's compute-optimal N under C = 6ND."""
+    return (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA)) * (flops / 6) ** (BETA / (ALPHA + BETA))
+
+
 def ladder(budgets=(1e17, 1e18, 1e19, 1e20), sizes_per_budget=9, noise=0.0, seed=0) -> list[Point]:
     """Runs at each budget C over sizes around the law's optimum, D = C / 6N, with multiplicative noise on L."""
     rng = np.random.default_rng(seed)
     points = []
     for c in budgets:
-        optimum = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA)) * (c / 6) ** (BETA / (ALPHA + BETA))
-        for n in optimum * np.geomspace(1 / 8, 8, sizes_per_budget):
+        for n in optimal_size(c) * np.geomspace(1 / 8, 8, sizes_per_budget):
             d = c / (6 * n)
             points.append(Point(budget=c, params=n, tokens=d, loss=law(n, d) * (1 + noise * rng.standard_normal())))
     return points
