@@ -70,6 +70,7 @@ class LanguageModel(L.LightningModule):
         batch_tokens: int | None = None,
         max_tokens: float | None = None,
         tokens_per_param: float | None = None,
+        max_flops: float | None = None,
         compile: bool = False,
         activation_checkpointing: bool = False,
         loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
@@ -98,6 +99,9 @@ class LanguageModel(L.LightningModule):
                 it, the micro-batch, seq_len and the world size, so changing the GPU count keeps the optimisation.
             max_tokens: Training budget in tokens; sets trainer.max_steps. Exclusive with `tokens_per_param`.
             tokens_per_param: Training budget as a multiple of the parameter count (20 ≈ Chinchilla-optimal).
+            max_flops: Training budget in FLOPs by the model's own count (GPT.flops_per_token at data.seq_len, which
+                counts matmuls and attention, not the embedding lookups): tokens = max_flops / flops per token. The
+                budget of a scaling ladder (experiments/scaling-demo); run_summary.json records the FLOPs spent.
             compile: torch.compile the model's training forward pass (the model itself is left as it is, so checkpoint
                 names do not change). Validation, samples and evaluation run eagerly: they would otherwise compile
                 graphs of their own (eval mode, no grad, every KV-cache position) for a few batches now and then.
@@ -120,8 +124,8 @@ class LanguageModel(L.LightningModule):
         ):
             if value < 0:
                 raise UserError(f"model.{name} must be ≥ 0, got {value}")
-        if max_tokens is not None and tokens_per_param is not None:
-            raise UserError("set only one of model.max_tokens and model.tokens_per_param")
+        if sum(budget is not None for budget in (max_tokens, tokens_per_param, max_flops)) > 1:
+            raise UserError("set only one of model.max_tokens, model.tokens_per_param and model.max_flops")
         if isinstance(config, dict):  # rebuilt from a checkpoint's hyper-parameters
             config = ModelConfig(**config)
         lineage = None
@@ -233,15 +237,20 @@ class LanguageModel(L.LightningModule):
         budget = self.hparams.max_tokens
         if self.hparams.tokens_per_param is not None:
             budget = self.hparams.tokens_per_param * self.model.num_params()
+        if self.hparams.max_flops is not None:
+            budget = self.hparams.max_flops / self.flops_per_token()
         if budget is not None:
             if self.trainer.max_steps != -1:
                 raise UserError(
                     "set either trainer.max_steps or a token budget (model.max_tokens / "
-                    "model.tokens_per_param), not both"
+                    "model.tokens_per_param / model.max_flops), not both"
                 )
             self.trainer.fit_loop.max_steps = math.ceil(budget / self.tokens_per_step)
         elif self.trainer.max_steps == -1:
-            raise UserError("no training length: set trainer.max_steps or model.max_tokens / model.tokens_per_param")
+            raise UserError(
+                "no training length: set trainer.max_steps or a budget (model.max_tokens / model.tokens_per_param / "
+                "model.max_flops)"
+            )
         steps = self.trainer.max_steps
         if self.hparams.lr_schedule == "wsd" and self.hparams.warmup_steps > steps - self.wsd_decay_steps():
             raise UserError(
@@ -252,8 +261,14 @@ class LanguageModel(L.LightningModule):
         rank_zero_info(
             f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step (accumulation "
             f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}) = "
-            f"{steps * self.tokens_per_step:,.0f} tokens; model {self.model.num_params():,} parameters"
+            f"{steps * self.tokens_per_step:,.0f} tokens, {steps * self.tokens_per_step * self.flops_per_token():.3g} "
+            f"FLOPs; model {self.model.num_params():,} parameters "
+            f"({self.model.num_params(non_embedding=True):,} outside the embeddings and output layer)"
         )
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token of this run: the model's count at the data's sequence length."""
+        return self.model.flops_per_token(getattr(self.trainer.datamodule, "seq_len", None))
 
     def full_model(self, strategy) -> GPT:
         """The whole GPT, for evaluation callbacks: the model itself, or under FSDP (where each rank holds a

@@ -147,3 +147,17 @@ def test_token_byte_lengths_add_up_to_the_manifest_bytes(text_corpus):
     for split, info in manifest["splits"].items():
         tokens = np.concatenate([np.fromfile(Path(text_corpus) / s["file"], dtype=np.uint16) for s in info["shards"]])
         assert token_byte_lengths()[tokens].sum() == info["bytes"], split
+
+
+def test_a_flop_budget_sets_the_steps_from_the_models_own_count(monkeypatch):
+    module = LanguageModel(config=tiny_config("modern"), max_flops=1e12, warmup_steps=0)
+    data = SimpleNamespace(batch_size=2, seq_len=16)
+    trainer = SimpleNamespace(max_steps=-1, accumulate_grad_batches=1, world_size=1, datamodule=data)
+    trainer.fit_loop = trainer
+    monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
+    module.tokens_per_step = 32
+    module._resolve_budget()
+    flops_per_token = module.model.flops_per_token(16)
+    assert trainer.max_steps == math.ceil(1e12 / flops_per_token / 32)
+    with pytest.raises(UserError, match="set only one of model.max_tokens, model.tokens_per_param and model.max_flops"):
+        LanguageModel(config=tiny_config("modern"), max_flops=1e12, max_tokens=1e6)

@@ -123,6 +123,8 @@ class RunSummaryCallback(L.Callback):
             "step": trainer.global_step,
             "tokens_seen": trainer.global_step * pl_module.tokens_per_step,
             "params": pl_module.model.num_params(),
+            "non_embedding_params": pl_module.model.num_params(non_embedding=True),
+            "flops": trainer.global_step * pl_module.tokens_per_step * pl_module.flops_per_token(),  # spent
             "best_val": self.best,
             "wall_time_s": round(self.wall_time(), 1),
             "mean_tokens_per_sec": total / count if count else None,

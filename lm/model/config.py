@@ -4,6 +4,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+ASPECT_RATIO = 64  # the `depth` dial: width per layer
+HEAD_DIM = 64  # ... and the width of each attention head
+
 
 @dataclass
 class ModelConfig:
@@ -12,9 +15,12 @@ class ModelConfig:
     Args:
         block: "classic" = GPT-2 (learned positions, LayerNorm, GELU, biases); "modern" = RoPE, RMSNorm,
             SwiGLU, no biases.
-        n_layer: Number of transformer blocks.
-        n_head: Attention heads per block.
-        n_embd: Width of the residual stream.
+        depth: One dial for the model's size (as nanochat's): n_layer = depth, n_embd = 64 · depth (a fixed aspect
+            ratio) and n_head = n_embd / 64 (heads of 64), so depth 12 is GPT-2 small's 12 × 768 with 12 heads; the
+            MLP follows n_embd. An explicit n_layer, n_head or n_embd overrides what the dial gives. null: no dial.
+        n_layer: Number of transformer blocks (default 12, or `depth`).
+        n_head: Attention heads per block (default 12, or n_embd / 64 with `depth`).
+        n_embd: Width of the residual stream (default 768, or 64 · depth).
         block_size: Context length in tokens.
         vocab_size: Real vocabulary size (50257 for the GPT-2 BPE).
         pad_vocab_multiple: Embedding and output layer are padded to a multiple of this for faster matmuls;
@@ -34,9 +40,10 @@ class ModelConfig:
     """
 
     block: Literal["classic", "modern"] = "modern"
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
+    depth: int | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
     block_size: int = 1024
     vocab_size: int = 50257
     pad_vocab_multiple: int = 64
@@ -50,6 +57,16 @@ class ModelConfig:
     logit_softcap: float | None = None
 
     def __post_init__(self):
+        if self.depth is not None and self.depth <= 0:
+            raise ValueError(f"model config 'depth' must be positive (or null), got {self.depth}")
+        if self.depth is None:
+            dial = {"n_layer": 12, "n_embd": 768, "n_head": 12}
+        else:
+            width = self.n_embd or ASPECT_RATIO * self.depth
+            dial = {"n_layer": self.depth, "n_embd": width, "n_head": max(1, width // HEAD_DIM)}
+        for name, value in dial.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.block not in ("classic", "modern"):
             raise ValueError(f"model config 'block' must be 'classic' or 'modern', got {self.block!r}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pad_vocab_multiple"):

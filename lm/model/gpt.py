@@ -162,6 +162,8 @@ class GPT(nn.Module):
         self._num_params = sum(p.numel() for p in self.parameters()) - padding * (1 if config.tie_embeddings else 2)
         positions = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
         lookups = config.vocab_size * config.n_embd + positions
+        # The embedding tables and the output layer (tied or not): what a scaling law's N leaves out.
+        self._embedding_params = lookups + (0 if config.tie_embeddings else config.vocab_size * config.n_embd)
         # Weights that take part in a matmul: all but the lookups, the output layer counted once (tied or not).
         output_layer = config.vocab_size * config.n_embd if config.tie_embeddings else 0
         self._matmul_params = self._num_params - lookups + output_layer
@@ -217,9 +219,11 @@ class GPT(nn.Module):
 
     # ---- counting ------------------------------------------------------------------------------------
 
-    def num_params(self) -> int:
-        """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once)."""
-        return self._num_params
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once); with
+        `non_embedding`, those of the blocks and the final norm only: no token or position table, no output layer
+        (Kaplan et al. 2020's N, which scaling laws use: at small sizes the vocabulary's tables dominate the count)."""
+        return self._num_params - self._embedding_params if non_embedding else self._num_params
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token: 6 per matmul weight + 12·L·H·Q·T for attention (PaLM, appendix B).

@@ -1,4 +1,5 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -227,3 +228,25 @@ def test_relu2_and_softcap_do_what_they_say():
         model.transformer.h[0].mlp(x),
         model.transformer.h[0].mlp.c_proj(torch.relu(model.transformer.h[0].mlp.c_fc(x)) ** 2),
     )
+
+
+def test_the_depth_dial_sets_every_size_and_explicit_keys_win():
+    assert GPT(ModelConfig(block="classic", depth=12)).num_params() == 124_439_808  # depth 12 is GPT-2 small
+    c = ModelConfig(depth=4)
+    assert (c.n_layer, c.n_embd, c.n_head, c.head_dim) == (4, 256, 4, 64)
+    c = ModelConfig(depth=4, n_embd=128, n_layer=6)
+    assert (c.n_layer, c.n_embd, c.n_head) == (6, 128, 2)
+    assert ModelConfig().n_layer == 12 and ModelConfig().n_embd == 768 and ModelConfig().n_head == 12
+    assert ModelConfig(**asdict(ModelConfig(depth=3))) == ModelConfig(depth=3)  # a checkpoint's config rebuilds it
+    with pytest.raises(ValueError, match="'depth' must be positive"):
+        ModelConfig(depth=0)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_non_embedding_parameters_are_the_blocks_and_the_final_norm(block, tied):
+    model = GPT(tiny_config(block, tie_embeddings=tied))
+    by_hand = sum(
+        p.numel() for name, p in model.named_parameters() if name.startswith(("transformer.h.", "transformer.ln_f"))
+    )
+    assert model.num_params(non_embedding=True) == by_hand
+    assert model.num_params() > by_hand
