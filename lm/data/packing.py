@@ -19,7 +19,7 @@ FineWeb-Edu); prepare more data, or use stream windows, where that matters.
 Blocks. The split is cut into blocks of BLOCK_ROWS * (seq_len + 1) tokens; a block packs the documents whose EOT
 lies in it (the last one read past the block's end as far as the crop needs), on their own, into as many rows as
 they fill; documents left over when less than a row remains are not used. So packing is a pure function of the
-split, seq_len and max_doc_tokens, and row i is computed when read, from its block alone (~1 ms). Setup packs every
+split, seq_len and max_doc_tokens, and row i is computed when read, from its block alone. Setup packs every
 block once to count its rows (2 bytes per block are kept, and sent to DataLoader workers); the rows are numbered
 block after block, and the mixture orders them like stream windows: a new permutation per epoch, drawn from
 (seed, source, epoch), the position being the samples consumed.
@@ -34,7 +34,7 @@ from lm.data.packed import PackedWindows
 from lm.data.tokenizer import EOT
 from lm.errors import UserError
 
-BLOCK_ROWS = 256  # rows' worth of tokens per packing block: the candidates a row is filled from (nanochat: 1000 docs)
+BLOCK_ROWS = 256  # rows' worth of tokens per packing block, whose documents are the candidates for its rows
 
 
 def best_fit(lengths: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

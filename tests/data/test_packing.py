@@ -15,7 +15,7 @@ from lm.data.tokenizer import EOT
 from lm.errors import UserError
 from tests.conftest import quiet_trainer, write_config
 from tests.data.conftest import WORDS, prepared
-from tests.data.test_datamodule import Tiny
+from tests.data.test_datamodule import Tiny, take
 from tests.data.test_packed import all_tokens
 
 SEQ, BATCH = 64, 4
@@ -91,8 +91,8 @@ def test_every_row_starts_at_a_document_start(mixed):
         row = rows.window(index)
         assert row[0] == EOT
         np.testing.assert_array_equal(row, np.concatenate([tokens[o : o + t] for o, t in zip(offsets, takes)]))
-        for offset, take in zip(offsets[:-1].tolist(), takes[:-1].tolist()):  # only a row's last piece is cut short
-            assert take == min(length_at[offset], SEQ + 1)
+        for offset, taken in zip(offsets[:-1].tolist(), takes[:-1].tolist()):  # only a row's last piece is cut short
+            assert taken == min(length_at[offset], SEQ + 1)
         assert seen.isdisjoint(offsets.tolist())
         seen.update(offsets.tolist())
     assert len(rows.shards) > 1
@@ -127,7 +127,7 @@ def test_a_document_longer_than_a_row_never_stalls_or_nans_the_loader(tmp_path):
     assert len(rows) == len(starts) and (lengths > SEQ + 1).all()
     assert rows.stats()["left_over"] == 0
     dm = TokenDataModule(directory, seq_len=SEQ, batch_size=BATCH, num_workers=0, packing="bos_aligned")
-    trainer = quiet_trainer(tmp_path, max_steps=2 * len(rows) // BATCH, limit_val_batches=0)  # two epochs
+    trainer = quiet_trainer(tmp_path, max_steps=len(rows) // BATCH + 2, limit_val_batches=0)  # into a 2nd pass
     model = Tiny()
     trainer.fit(model, dm)
     assert len(model.seen) == trainer.global_step and all((x[:, 0] == EOT).all() for x in model.seen)
@@ -216,3 +216,11 @@ def test_validation_reads_the_same_windows_whatever_the_packing(mixed):
 
     stream, aligned = val("stream"), val("bos_aligned")
     assert len(stream) == 3 and all(torch.equal(a, b) for a, b in zip(stream, aligned, strict=True))
+
+
+def test_the_order_of_rows_is_a_function_of_the_seed(mixed):
+    def batches(seed):
+        dm = TokenDataModule(mixed, seq_len=SEQ, batch_size=BATCH, num_workers=0, seed=seed, packing="bos_aligned")
+        return torch.cat(take(dm.train_dataloader(), 5))
+
+    assert torch.equal(batches(0), batches(0)) and not torch.equal(batches(0), batches(1))
