@@ -5,9 +5,10 @@
   after each validation with val/* and eval/* metrics. Lines are appended, so a resumed run continues the
   file (steps replayed after a crash appear twice; `python -m lm plot` keeps the later ones).
 - run_summary.json: parameters, tokens seen, best validation loss/ppl/bpb and its step, wall time, mean
-  throughput, lineage (continued pretraining), latest text samples, and everything that decides a CPU result: the
-  resolved config, the git commit (and whether the tree had uncommitted changes), the versions of python, torch,
-  lightning and lm, the device, the thread count and the deterministic-algorithms setting (lm.provenance).
+  throughput, lineage (continued pretraining), the share of tokens BOS-aligned packing used and cropped, latest
+  text samples, and everything that decides a CPU result: the resolved config, the git commit (and whether the
+  tree had uncommitted changes), the versions of python, torch, lightning and lm, the device, the thread count and
+  the deterministic-algorithms setting (lm.provenance).
   Rewritten atomically after each validation and at the end, so a crashed run still has one.
 
 Rank 0 writes; the state needed to continue the summary (best, wall time) is saved in checkpoints.
@@ -33,6 +34,14 @@ def scalars(metrics: dict, keep) -> dict[str, float]:
         for name, value in metrics.items()
         if keep(name) and (isinstance(value, int | float) or (torch.is_tensor(value) and value.numel() == 1))
     }
+
+
+def packing(datamodule) -> dict:
+    """{"data_packing": the share of training tokens rows use and crop} for BOS-aligned rows; {} otherwise."""
+    stats = datamodule.packing_stats() if hasattr(datamodule, "packing_stats") else {}
+    if not stats:
+        return {}
+    return {"data_packing": {name.removeprefix("data/packing/"): value for name, value in stats.items()}}
 
 
 def is_eval_metric(name: str) -> bool:
@@ -129,6 +138,7 @@ class RunSummaryCallback(L.Callback):
             "wall_time_s": round(self.wall_time(), 1),
             "mean_tokens_per_sec": total / count if count else None,
             "lineage": pl_module.lineage,
+            **packing(trainer.datamodule),
             "final_samples": samples,
             "config": self.config,
             **self.provenance,

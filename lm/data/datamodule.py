@@ -16,13 +16,20 @@ continues from the samples it had served (their counts become the new mixture's 
 Epochs. A source whose windows have all been served starts its next pass over them, in a new order; rank 0 warns
 once per source when that first happens and `data/<source>/epoch` (passes so far, fractional) is logged.
 
+Packing. `packing: stream` (the default) serves windows cut from the stream of documents (lm.data.packed);
+`bos_aligned` serves rows that each start at a document start, documents packed by best fit and cropped
+(lm.data.packing). Both are numbered sample sources for the mixture, so order, ranks, workers, resume and schedule
+work the same; the share of tokens the rows use and crop is logged once and written to run_summary.json.
+
 Validation. One loader per source (`source_names` order), the first `val_batches` batches of windows of its
-val split in file order: the same windows at every validation.
+val split in file order: the same windows at every validation, whatever the packing, so runs with different
+packing are scored on the same tokens.
 """
 
 import math
 import multiprocessing
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lm.data.batches import TrainBatches, ValBatches
 from lm.data.mixture import Mixture, Schedule
 from lm.data.packed import PackedWindows, check_vocab, read_manifest
+from lm.data.packing import AlignedRows
 from lm.errors import UserError
 
 
@@ -52,6 +60,8 @@ class TokenDataModule(LightningDataModule):
         verify_checksums: bool = True,
         allow_mixture_change: bool = False,
         multiprocessing_context: str | None = None,
+        packing: Literal["stream", "bos_aligned"] = "stream",
+        max_doc_tokens: int | None = None,
     ):
         """
         Args:
@@ -69,6 +79,11 @@ class TokenDataModule(LightningDataModule):
                 continues from the samples it had served. Without it such a resume is refused.
             multiprocessing_context: Start method of the training DataLoader's worker processes (fork, spawn,
                 forkserver); None: the platform's default.
+            packing: Training samples: "stream" windows of the concatenated documents, or "bos_aligned" rows that
+                each start at a document start (best-fit packing; documents longer than a row are cropped).
+                Validation reads stream windows either way.
+            max_doc_tokens: With bos_aligned, crop documents to this many tokens (their leading <|endoftext|>
+                included) even where a row could hold more; None: seq_len + 1.
         """
         super().__init__()
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
@@ -81,6 +96,13 @@ class TokenDataModule(LightningDataModule):
             raise UserError(
                 f"data.multiprocessing_context must be one of {', '.join(methods)}, not {multiprocessing_context!r}"
             )
+        if packing not in ("stream", "bos_aligned"):
+            raise UserError(f"data.packing must be stream or bos_aligned, not {packing!r}")
+        if max_doc_tokens is not None and (packing != "bos_aligned" or max_doc_tokens < 2):
+            raise UserError(
+                f"data.max_doc_tokens = {max_doc_tokens} needs data.packing: bos_aligned and at least 2 tokens "
+                "(a document's <|endoftext|> and one more)"
+            )
         self.dirs = {Path(sources).name: sources} if isinstance(sources, str) else dict(sources)
         if not self.dirs:
             raise UserError("data.sources is empty")
@@ -90,6 +112,7 @@ class TokenDataModule(LightningDataModule):
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.val_batches, self.verify_checksums = val_batches, verify_checksums
         self.allow_mixture_change, self.multiprocessing_context = allow_mixture_change, multiprocessing_context
+        self.packing, self.max_doc_tokens = packing, max_doc_tokens
         self.consumed_samples = 0  # global samples training has received (all ranks)
         self.repeated: set[str] = set()  # sources already warned about as being repeated
         self.train_windows: list[PackedWindows] | None = None
@@ -104,7 +127,7 @@ class TokenDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_windows is None:
-            self.train_windows = [self._open(d, "train") for d in self.dirs.values()]
+            self.train_windows = [self._open_train(d) for d in self.dirs.values()]
             self.mixture = self._mixture()
         if stage in ("fit", "validate", None) and self.val_windows is None:
             self.val_windows = [self._open(d, "val") for d in self.dirs.values()]
@@ -115,6 +138,11 @@ class TokenDataModule(LightningDataModule):
 
     def _open(self, directory: str, split: str) -> PackedWindows:
         return PackedWindows(directory, split, self.seq_len, self.verify_checksums)
+
+    def _open_train(self, directory: str) -> PackedWindows:
+        if self.packing == "stream":
+            return self._open(directory, "train")
+        return AlignedRows(directory, "train", self.seq_len, self.verify_checksums, self.max_doc_tokens)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -176,8 +204,22 @@ class TokenDataModule(LightningDataModule):
                 )
         return stats
 
+    def packing_stats(self) -> dict[str, float]:
+        """With bos_aligned packing, the share of the training tokens (all sources) that rows hold
+        (`data/packing/used_fraction`), that was cropped off documents (`cropped_fraction`) and that was left over at
+        the ends of packing blocks (`left_over_fraction`); empty for stream windows and before setup("fit")."""
+        if self.packing == "stream" or self.train_windows is None:
+            return {}
+        stats = [rows.stats() for rows in self.train_windows]
+        tokens = sum(source["tokens"] for source in stats)
+        return {
+            f"data/packing/{key}_fraction": sum(source[key] for source in stats) / tokens
+            for key in ("used", "cropped", "left_over")
+        }
+
     def mixture_config(self) -> dict:
-        """What decides the stream besides seed and seq_len: sources in order, their sizes, weights, schedule."""
+        """What decides the stream besides seed and seq_len: sources in order, their sizes, weights, schedule
+        (and the packing, when not stream windows)."""
         self.setup("fit")
         names, mixture = self.source_names, self.mixture
         schedule = None
@@ -187,12 +229,15 @@ class TokenDataModule(LightningDataModule):
                 "start_tokens": float(self.schedule.start_tokens),
                 "end_tokens": float(self.schedule.end_tokens),
             }
-        return {
+        config = {
             "sources": list(names),
             "windows": dict(zip(names, mixture.sizes.tolist())),
             "weights": dict(zip(names, mixture.start.tolist())),
             "schedule": schedule,
         }
+        if self.packing != "stream":  # stream checkpoints stay as they were
+            config["packing"] = {"packing": self.packing, "max_doc_tokens": self.max_doc_tokens}
+        return config
 
     def state_dict(self) -> dict:
         state = {"consumed_samples": self.consumed_samples, "seed": self.seed, "seq_len": self.seq_len}
@@ -249,6 +294,8 @@ def mixture_changes(before: dict, now: dict) -> list[str]:
         removed = [name for name in before["sources"] if name not in now["sources"]]
         parts = [f"added {added}"] * bool(added) + [f"removed {removed}"] * bool(removed)
         return ["data.sources " + (", ".join(parts) or f"reordered {before['sources']} -> {now['sources']}")]
+    if before.get("packing") != now.get("packing"):
+        return [f"data.packing {describe_packing(before)} -> {describe_packing(now)}"]
     changes = [
         f"source '{name}' has {now['windows'][name]:,} windows, the checkpoint's had {before['windows'][name]:,} "
         "(prepared again, or another seq_len)"
@@ -269,6 +316,12 @@ def mixture_changes(before: dict, now: dict) -> list[str]:
     return changes
 
 
+def describe_packing(config: dict) -> str:
+    packing = config.get("packing") or {"packing": "stream", "max_doc_tokens": None}
+    cap = packing["max_doc_tokens"]
+    return packing["packing"] + (f" (max_doc_tokens {cap})" if cap else "")
+
+
 def describe(schedule: dict | None) -> str:
     if schedule is None:
         return "none"
@@ -284,7 +337,14 @@ def rounded(weights: dict[str, float]) -> dict[str, float]:
 
 
 class MixtureLogger(Callback):
-    """Logs the datamodule's `mixture_stats()` every `trainer.log_every_n_steps` optimizer steps (host-side only)."""
+    """Logs the datamodule's `mixture_stats()` every `trainer.log_every_n_steps` optimizer steps (host-side only),
+    and its `packing_stats()` once, when training starts."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if isinstance(trainer.datamodule, TokenDataModule):
+            stats = trainer.datamodule.packing_stats()
+            for logger in trainer.loggers if stats else ():
+                logger.log_metrics(stats, step=trainer.global_step)  # rank 0 only (rank_zero_only in the loggers)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % trainer.log_every_n_steps == 0 and isinstance(trainer.datamodule, TokenDataModule):

@@ -172,11 +172,14 @@ class PackedWindows:
 
     def window(self, index: int) -> np.ndarray:
         """Tokens [index * seq_len, index * seq_len + seq_len + 1), copied out of the shards."""
-        start, stop = index * self.seq_len, index * self.seq_len + self.seq_len + 1
+        return self.span(index * self.seq_len, index * self.seq_len + self.seq_len + 1)
+
+    def span(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the split, copied out of the shards."""
         shard = int(np.searchsorted(self.starts, start, side="right")) - 1
         offset = start - self.starts[shard]
         if stop <= self.starts[shard + 1]:
-            return np.array(self.shards[shard][offset : offset + self.seq_len + 1])
+            return np.array(self.shards[shard][offset : offset + stop - start])
         pieces = []
         while start < stop:  # straddles a shard boundary
             end = min(stop, int(self.starts[shard + 1]))

@@ -16,6 +16,7 @@ from lm.data.batches import TrainBatches
 from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.data.mixture import Schedule
 from lm.data.prepare import prepare
+from lm.data.tokenizer import EOT
 from lm.errors import UserError
 from tests.conftest import quiet_trainer
 from tests.data.conftest import make_docs, prepared
@@ -74,16 +75,22 @@ def test_batches_have_the_contract_shapes(blend):
     assert all(torch.equal(a, b) for fa, fb in zip(first, again) for a, b in zip(fa, fb))
 
 
-def test_workers_deliver_the_same_stream(corpus):
-    dm = TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+PACKINGS = pytest.mark.parametrize("packing", ["stream", "bos_aligned"])
+
+
+@PACKINGS
+def test_workers_deliver_the_same_stream(corpus, packing):
+    dm = TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, num_workers=0, packing=packing)
     plain = take(dm.train_dataloader(), 12)
     dm.num_workers = 2
     workers = take(dm.train_dataloader(), 12)
     assert all(torch.equal(a, b) for a, b in zip(plain, workers))
+    assert packing == "stream" or all((x[:, 0] == EOT).all() for x in plain)  # every row at a document start
 
 
-def test_ranks_read_disjoint_windows_that_together_match_one_process(blend):
-    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+@PACKINGS
+def test_ranks_read_disjoint_windows_that_together_match_one_process(blend, packing):
+    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0, packing=packing)
     dm.setup("fit")
     world, steps = 3, 5
     single = TrainBatches(dm.train_windows, dm.mixture, BATCH, 0, rank=0, world_size=1)
@@ -97,8 +104,8 @@ def test_ranks_read_disjoint_windows_that_together_match_one_process(blend):
     assert len(pairs) == len(sources)  # no window read twice within an epoch
 
 
-@pytest.mark.parametrize("accumulate, workers", [(1, 0), (3, 2)])
-def test_exact_resume_with_a_real_trainer(blend, tmp_path, accumulate, workers):
+@pytest.mark.parametrize("accumulate, workers, packing", [(1, 0, "stream"), (3, 2, "stream"), (3, 2, "bos_aligned")])
+def test_exact_resume_with_a_real_trainer(blend, tmp_path, accumulate, workers, packing):
     schedule = Schedule({"fineweb-edu": 0.0, "dclm": 0.0, "finemath": 1.0, "cosmopedia": 0.0}, 0, 40 * BATCH * SEQ)
 
     def datamodule():
@@ -110,6 +117,7 @@ def test_exact_resume_with_a_real_trainer(blend, tmp_path, accumulate, workers):
             batch_size=BATCH,
             num_workers=workers,
             val_batches=2,
+            packing=packing,
         )
 
     def trainer(steps, callbacks=()):
@@ -195,8 +203,9 @@ class Recorder(Tiny):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ranks_split_one_stream(blend, tmp_path):
-    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=1, val_batches=2)
+@PACKINGS
+def test_two_process_gloo_ranks_split_one_stream(blend, tmp_path, packing):
+    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=1, val_batches=2, packing=packing)
     trainer = quiet_trainer(
         tmp_path,
         devices=2,
@@ -205,7 +214,7 @@ def test_two_process_gloo_ranks_split_one_stream(blend, tmp_path):
         limit_val_batches=0,
     )
     trainer.fit(Recorder(str(tmp_path)), dm)
-    single = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+    single = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0, packing=packing)
     reference = take(single.train_dataloader(), 10)
     for rank in range(2):
         record = torch.load(tmp_path / f"rank{rank}.pt")
@@ -222,8 +231,9 @@ def large(tmp_path_factory) -> str:
     return str(prepare(source="local", path=str(root / "docs.parquet"), out=str(root / "large"), num_proc=1))
 
 
-def test_what_workers_receive_pickles_to_a_few_kb(large):
-    dm = TokenDataModule(large, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+@PACKINGS
+def test_what_workers_receive_pickles_to_a_few_kb(large, packing):
+    dm = TokenDataModule(large, seq_len=SEQ, batch_size=BATCH, num_workers=0, packing=packing)
     loader = dm.train_dataloader()
     take(loader, 3)  # the mixture now caches a permutation of all ~57k windows (0.45 MB)
     for dataset in (loader.dataset, dm.val_dataloader()[0].dataset):
@@ -232,11 +242,17 @@ def test_what_workers_receive_pickles_to_a_few_kb(large):
         assert torch.equal(next(iter(pickle.loads(data)))[0], next(iter(dataset))[0])
 
 
-@pytest.mark.parametrize("context", ["spawn", "forkserver"])
-def test_workers_started_by_spawn_and_forkserver_read_the_same_batches(blend, context):
+@pytest.mark.parametrize("context, packing", [("spawn", "stream"), ("forkserver", "stream"), ("spawn", "bos_aligned")])
+def test_workers_started_by_spawn_and_forkserver_read_the_same_batches(blend, context, packing):
     def batches(workers: int, context=None):
         dm = TokenDataModule(
-            blend, BLEND, seq_len=SEQ, batch_size=BATCH, num_workers=workers, multiprocessing_context=context
+            blend,
+            BLEND,
+            seq_len=SEQ,
+            batch_size=BATCH,
+            num_workers=workers,
+            multiprocessing_context=context,
+            packing=packing,
         )
         train = take(dm.train_dataloader(), 6)
         val = DataLoader(dm.val_dataloader()[1].dataset, None, num_workers=workers, multiprocessing_context=context)
@@ -247,9 +263,10 @@ def test_workers_started_by_spawn_and_forkserver_read_the_same_batches(blend, co
     assert all(torch.equal(a, b) for a, b in zip(val, main_val, strict=True))
 
 
-def test_resuming_on_another_world_size_keeps_the_exact_sample(blend):
+@PACKINGS
+def test_resuming_on_another_world_size_keeps_the_exact_sample(blend, packing):
     """A checkpoint of 3 micro-batches of B (not a multiple of B x 2) continues at that very sample on 2 ranks."""
-    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+    dm = TokenDataModule(blend, seq_len=SEQ, batch_size=BATCH, num_workers=0, packing=packing)
     dm.setup("fit")
     one_process = take(DataLoader(TrainBatches(dm.train_windows, dm.mixture, BATCH, 0, 0, 1), batch_size=None), 7)
     for rank in range(2):

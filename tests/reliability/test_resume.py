@@ -123,13 +123,18 @@ def test_sigterm_inside_an_accumulation_window_resumes_exactly(workers, text_cor
     assert_same_run(run, reference)
 
 
-def test_kill_9_then_resume_with_muon_matches_uninterrupted_run(text_corpus, tmp_path):
-    """Muon's momentum and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come back exactly from last.ckpt."""
-    muon = {"model.optimizer": "muon", "model.muon_lr": 0.02}
-    config, reference = run_config(tmp_path, text_corpus, "reference", **muon)
+@pytest.mark.parametrize(
+    "settings",
+    [{"model.optimizer": "muon", "model.muon_lr": 0.02}, {"data.packing": "bos_aligned"}],
+    ids=["muon", "bos_aligned"],
+)
+def test_kill_9_then_resume_matches_its_uninterrupted_run(settings, text_corpus, tmp_path):
+    """Muon's momentum and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come back exactly from last.ckpt;
+    BOS-aligned rows continue from the samples consumed, as windows do."""
+    config, reference = run_config(tmp_path, text_corpus, "reference", **settings)
     main(["fit", "--config", config, *PERIODIC])
 
-    config, run = run_config(tmp_path, text_corpus, "run", **muon)
+    config, run = run_config(tmp_path, text_corpus, "run", **settings)
     process = start(["fit", "--config", config, *PERIODIC], tmp_path / "fit.log")
     wait_until(lambda: last_step(run) >= random.randint(4, 9), process, tmp_path / "fit.log")
     process.send_signal(signal.SIGKILL)
