@@ -1,11 +1,12 @@
 """End to end through `python -m lm` (in process): fit a tiny model on real text, validate, reload."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from lm.checkpoint import load_model
+from lm.checkpoint import load_checkpoint, load_model
 from lm.cli import main
 from lm.module import LanguageModel
 from tests.conftest import write_config
@@ -32,6 +33,22 @@ def test_fit_then_validate(text_corpus, tmp_path, capsys):
     torch.testing.assert_close(module.model(idx), model(idx), rtol=0, atol=0)
     greedy = [torch.stack(list(m.generate(idx, 10, temperature=0))) for m in (module.model, model)]
     assert torch.equal(*greedy)
+
+
+def test_best_checkpoint_holds_the_lowest_val_loss(text_corpus, tmp_path):
+    """best.ckpt is the checkpoint of the step with the lowest val/loss in metrics.jsonl, and its own score is that
+    loss. A learning rate far too high makes the curve go down and up again, so the best is not the last."""
+    run = tmp_path / "run"
+    settings = {"trainer.max_steps": 8, "trainer.val_check_interval": 2, "model.lr": 1.0, "model.warmup_steps": 1}
+    main(["fit", "--config", write_config(tmp_path / "run.yaml", text_corpus, run, **settings)])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = {line["step"]: line["val/loss"] for line in lines if "val/loss" in line}
+    lowest = min(val, key=val.get)
+    assert sorted(val) == [2, 4, 6, 8] and lowest != 8
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    (score,) = [s["best_model_score"] for s in best["callbacks"].values() if s.get("monitor") == "val/loss"]
+    assert best["global_step"] == lowest
+    assert score.item() == pytest.approx(val[lowest])
 
 
 def test_print_config_composes_files(text_corpus, tmp_path, capsys):

@@ -1,12 +1,18 @@
 import math
 from types import SimpleNamespace
 
+import lightning as L
+import numpy as np
 import pytest
+import tiktoken
 import torch
 
+from lm.data.datamodule import TokenDataModule
+from lm.data.packed import read_manifest
+from lm.data.tokenizer import EOT
 from lm.errors import UserError
 from lm.module import LanguageModel, NextTokenLoss
-from tests.conftest import tiny_config
+from tests.conftest import quiet_trainer, tiny_config
 
 
 def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
@@ -21,6 +27,12 @@ def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
 def fake_trainer(monkeypatch):
     trainer = SimpleNamespace(max_steps=100, accumulate_grad_batches=1, world_size=1, precision="32-true")
     monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
+
+
+@pytest.fixture
+def real_trainer(monkeypatch):
+    """For the tests that run a Lightning Trainer: the fake one above undone."""
+    monkeypatch.undo()
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
@@ -161,3 +173,77 @@ def test_a_flop_budget_sets_the_steps_from_the_models_own_count(monkeypatch):
     assert trainer.max_steps == math.ceil(1e12 / flops_per_token / 32)
     with pytest.raises(UserError, match="set only one of model.max_tokens, model.tokens_per_param and model.max_flops"):
         LanguageModel(config=tiny_config("modern"), max_flops=1e12, max_tokens=1e6)
+
+
+class GradientRecorder(L.Callback):
+    """Each step's gradients as backward left them (before clipping) and as the optimizer used them (after)."""
+
+    def __init__(self):
+        self.before, self.after = [], []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # Lightning clips after this hook
+        self.before.append([p.grad.clone() for p in pl_module.parameters()])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # grads are kept until the next step
+        self.after.append([p.grad.clone() for p in pl_module.parameters()])
+
+
+@pytest.mark.parametrize("guard", [True, False], ids=["guard_norm", "lightning"])
+def test_gradient_clipping_scales_the_gradients_to_the_clip_norm(text_corpus, tmp_path, real_trainer, guard):
+    """Clipped by hand: g · clip / (‖g‖ + 1e-6) (torch's clip_grad_norm_), with the norm NonFiniteGuard computes
+    (LanguageModel.configure_gradient_clipping) and without the guard (Lightning's own path)."""
+    from lm.callbacks.nonfinite import NonFiniteGuard
+
+    clip = 0.05  # far below the gradient norm of a fresh model (~2): every step is clipped
+    model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+    data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
+    recorder = GradientRecorder()
+    callbacks = [recorder, *([NonFiniteGuard()] if guard else [])]
+    trainer = quiet_trainer(
+        tmp_path,
+        max_steps=3,
+        limit_val_batches=0,
+        gradient_clip_val=clip,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, data)
+    assert len(recorder.before) == len(recorder.after) == 3
+    for before, after in zip(recorder.before, recorder.after):
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in before]))
+        assert norm > 10 * clip
+        for raw, clipped in zip(before, after):
+            torch.testing.assert_close(clipped, raw * (clip / (norm + 1e-6)))
+
+
+def val_windows(directory: str, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of every window of the val split, read from its shards: window i is tokens i·T … i·T + T."""
+    shards = read_manifest(directory)["splits"]["val"]["shards"]
+    tokens = np.concatenate([np.fromfile(f"{directory}/{s['file']}", dtype=np.uint16) for s in shards]).astype(np.int64)
+    used = (len(tokens) - 1) // seq_len * seq_len
+    return torch.from_numpy(tokens[:used]).view(-1, seq_len), torch.from_numpy(tokens[1 : used + 1]).view(-1, seq_len)
+
+
+def test_validation_metrics_over_a_val_split_whose_last_batch_is_partial(text_corpus, tmp_path, real_trainer):
+    """val/loss is the cross-entropy over every target token (a partial last batch weighs by its tokens, not as a
+    whole batch); val/bpb is val/loss / ln 2 × target tokens / UTF-8 bytes of the text they encode."""
+    seq_len = 32
+    inputs, targets = val_windows(text_corpus, seq_len)
+    batch_size = next(b for b in range(5, 20) if len(targets) % b)  # the last batch is partial
+    torch.manual_seed(0)
+    model = LanguageModel(config=tiny_config(n_layer=1))
+    data = TokenDataModule(text_corpus, seq_len=seq_len, batch_size=batch_size, num_workers=0, val_batches=10_000)
+    (metrics,) = quiet_trainer(tmp_path).validate(model, data)
+
+    with torch.no_grad():
+        total = sum(
+            torch.nn.functional.cross_entropy(
+                model.model.eval()(x).flatten(0, 1).double(), y.flatten(), reduction="sum"
+            )
+            for x, y in zip(inputs.split(8), targets.split(8))
+        )
+    assert metrics["val/loss"] == pytest.approx(total.item() / targets.numel(), rel=1e-5)
+    # <|endoftext|> stands for no text; every other token for its own bytes.
+    text_bytes = len(tiktoken.get_encoding("gpt2").decode_bytes([t for t in targets.flatten().tolist() if t != EOT]))
+    expected_bpb = metrics["val/loss"] / math.log(2) * targets.numel() / text_bytes
+    assert metrics["val/bpb"] == pytest.approx(expected_bpb, rel=1e-6)

@@ -64,6 +64,16 @@ def test_split_is_deterministic_and_seeded(tmp_path):
     assert 0.1 * 300 < val_docs < 0.3 * 300
 
 
+@pytest.mark.parametrize("val_tokens", [None, 600], ids=["val_fraction", "val_tokens"])
+def test_split_does_not_depend_on_chunk_docs(tmp_path, val_tokens):
+    """chunk_docs sets how many documents are read at a time (and saved for a resume), never which go to val."""
+    docs = make_docs(300)
+    whole = prepared(tmp_path, "whole", docs, val_fraction=0.2, val_tokens=val_tokens)
+    chunked = prepared(tmp_path, "chunked", docs, val_fraction=0.2, val_tokens=val_tokens, chunk_docs=7)
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(split_tokens(chunked, split), split_tokens(whole, split))
+
+
 def test_max_tokens_stops_at_budget(tmp_path):
     docs = make_docs(400)
     out = prepared(tmp_path, "cut", docs, max_tokens=2000, val_fraction=0.05)

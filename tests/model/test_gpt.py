@@ -85,6 +85,24 @@ def test_kv_cache_generation_equals_uncached(block):
     assert all(block.attn.cache is None for block in model.transformer.h)
 
 
+def test_kv_cache_decodes_with_rope_at_the_right_positions():
+    """Cached decoding at position p gives the logits of recomputing the whole sequence, on a model whose attention
+    is far from uniform (large query and key weights), so a query or key rotated for a wrong position shows."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config("modern", vocab_size=512)).double().eval()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.normal_(std=1.0)  # 50× GPT-2's init: scores ~2500× larger, a peaked softmax
+    idx, prompt = torch.randint(0, 512, (2, 32)), 5
+    with torch.no_grad():
+        full = model(idx)
+        model._set_kv_cache(2, idx.device)
+        cached = [model(idx[:, :prompt])[:, -1]]
+        cached += [model(idx[:, p : p + 1], pos=p)[:, -1] for p in range(prompt, 32)]
+        model._set_kv_cache(None)
+    torch.testing.assert_close(torch.stack(cached, dim=1), full[:, prompt - 1 :])
+
+
 def test_generation_past_the_context_keeps_going(block):
     model = GPT(tiny_config(block)).eval()
     tokens = list(model.generate(torch.zeros(1, 40, dtype=torch.long), 50, temperature=0))
@@ -98,6 +116,14 @@ def test_top_k_and_top_p_restrict_sampling():
     assert sample(logits, temperature=0).unique().tolist() == [0]
     flat, generator = torch.zeros(500, 5), torch.Generator().manual_seed(0)
     assert set(sample(flat, top_k=0, generator=generator).tolist()) == {0, 1, 2, 3, 4}  # 0 means no top-k
+
+
+def test_temperature_divides_the_logits():
+    """At temperature 0.5 tokens are drawn with probabilities softmax(logits / 0.5) (measured over 200,000 draws)."""
+    logits = torch.tensor([[1.0, 0.5, 0.0, -0.5, -1.0]])
+    draws = sample(logits.repeat(200_000, 1), temperature=0.5, generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=5) / len(draws)
+    torch.testing.assert_close(frequencies, (logits[0] / 0.5).softmax(-1), rtol=0, atol=0.005)  # σ ≤ 0.0012
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p():

@@ -87,6 +87,16 @@ def test_k_bad_steps_in_a_row_stop_and_keep_the_last_good_checkpoint(text_corpus
     assert torch.equal(saved, recorder.after[1])  # the weights of the last good step (2)
 
 
+def test_a_good_step_ends_a_run_of_bad_ones(text_corpus, tmp_path):
+    """Bad and good steps alternating never make max_consecutive (2) in a row: the run ends at max_steps."""
+    trainer, model, recorder, run = fit(
+        text_corpus, tmp_path, bad_steps={0, 2, 4, 6}, max_consecutive=2, max_steps=8, enable_checkpointing=False
+    )
+    run()
+    assert trainer.global_step == 8
+    assert trainer.callback_metrics["train/skipped_steps"].item() == 4
+
+
 def test_clipping_with_the_guards_norm_equals_lightnings_clipping(text_corpus, tmp_path):
     """The guard computes the gradient norm once; clipping uses it (LanguageModel.configure_gradient_clipping)."""
     runs = []

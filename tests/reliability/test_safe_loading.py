@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from lm.callbacks.checkpointing import AtomicCheckpointIO
 from lm.checkpoint import load_checkpoint
 from lm.cli import main
 from lm.errors import UserError
@@ -46,19 +47,25 @@ def test_load_checkpoint_refuses(malicious):
 
 
 @pytest.mark.parametrize("command", ["fit", "validate"])
-def test_ckpt_path_refuses(command, malicious, text_corpus, tmp_path):
-    path, marker = malicious
-    config, _ = run_config(tmp_path, text_corpus, "run")
-    refused([command, "--config", config, "--ckpt_path", str(path)], marker)
-
-
-def test_ckpt_path_last_refuses(malicious, text_corpus, tmp_path):
-    """`last` is resolved inside the Trainer, which loads through AtomicCheckpointIO (weights_only)."""
+@pytest.mark.parametrize("ckpt_path", ["path", "last"])
+def test_ckpt_path_refuses(command, ckpt_path, malicious, text_corpus, tmp_path):
+    """A path is checked before any work (LMCLI.parse_arguments); `last` is resolved inside the Trainer, which loads
+    through AtomicCheckpointIO with weights_only=True. (`best` names the best checkpoint of a fit in the same
+    process only: a fresh `validate` has none and loads nothing.)"""
     path, marker = malicious
     config, run = run_config(tmp_path, text_corpus, "run")
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(path, run / "checkpoints" / "last.ckpt")
-    refused(["fit", "--config", config, "--ckpt_path", "last"], marker)
+    refused([command, "--config", config, "--ckpt_path", str(path) if ckpt_path == "path" else ckpt_path], marker)
+
+
+@pytest.mark.parametrize("weights_only", [None, True])
+def test_checkpoint_plugin_refuses_unless_told_the_file_is_trusted(malicious, weights_only):
+    """Lightning passes weights_only=None where the caller did not set it (Trainer.fit(ckpt_path=...) from Python)."""
+    path, marker = malicious
+    with pytest.raises(UserError, match="refusing to load .* needs pickle"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=weights_only)
+    assert not marker.exists()
 
 
 def test_init_from_refuses(malicious, text_corpus, tmp_path):
