@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
 from lm.callbacks.averaging import ExponentialMovingAverage
-from lm.callbacks.checkpointing import Checkpoint
+from lm.callbacks.checkpointing import AtomicCheckpointIO, Checkpoint
 from lm.callbacks.diagnostics import TrainingDiagnostics
 from lm.callbacks.nonfinite import NonFiniteGuard
 from lm.callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
@@ -92,9 +92,7 @@ class LMCLI(LightningCLI):
         if self.subcommand == "fit" and config.weights != "raw":
             raise UserError("--weights applies to validate and test; fit resumes from the trained weights")
         if config.trainer.plugins is None:
-            config.trainer.plugins = Namespace(
-                class_path="lm.callbacks.checkpointing.AtomicCheckpointIO", init_args=Namespace(weights=config.weights)
-            )
+            config.trainer.plugins = Namespace(class_path="lm.callbacks.checkpointing.AtomicCheckpointIO")
         if config.get("weights_only") is None:
             config.weights_only = True  # also for --ckpt_path last/best/hpc, which Lightning resolves later
         if self.subcommand == "fit" and not config.ckpt_path:
@@ -122,6 +120,13 @@ class LMCLI(LightningCLI):
         if not self.config[self.subcommand].periodic_checkpoint.every_n_train_steps:
             off.append(config.periodic_checkpoint)
         trainer.callbacks = [c for c in trainer.callbacks if not any(c is o for o in off)]
+        weights = self.config[self.subcommand].weights
+        if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io.weights = weights  # validate/test --weights ema: the average is loaded
+        elif weights != "raw":
+            raise UserError(
+                "--weights ema needs lm's checkpoint plugin (lm.callbacks.checkpointing.AtomicCheckpointIO)"
+            )
         return trainer
 
     def before_fit(self):

@@ -50,14 +50,7 @@ def save_atomic(obj, path: str | Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Trainer plugin: atomic saves (`save_atomic`) and safe loads (`lm.checkpoint.load_checkpoint`)."""
 
-    def __init__(self, weights: Weights = "raw"):
-        """
-        Args:
-            weights: The weights a loaded checkpoint gives the model: the trained ones (raw) or their moving average
-                (ema; `validate --weights ema`).
-        """
-        super().__init__()
-        self.weights = weights
+    weights: Weights = "raw"  # what a loaded checkpoint gives the model: its trained weights, or their average (ema)
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         save_atomic(checkpoint, path)
