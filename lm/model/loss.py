@@ -29,8 +29,10 @@ def log_probs(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int, softc
         capped = logits.div_(softcap).tanh_()
         logits = capped * softcap
     logits[:, vocab_size:] = float("-inf")
-    log_z = logits.logsumexp(dim=-1) if z_loss else None
-    return logits.log_softmax(dim=-1), capped, log_z
+    logp = logits.log_softmax(dim=-1)
+    # log Z = logit − log-probability, of any real token: token 0's, with no second pass over the logits.
+    log_z = logits[:, 0] - logp[:, 0] if z_loss else None
+    return logp, capped, log_z
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
