@@ -104,8 +104,13 @@ def test_a_crashed_run_resumes_the_weights_and_their_average_exactly(text_corpus
     assert torch.equal(spikes_state(mine)["stats"], spikes_state(theirs)["stats"])
     assert spikes_state(mine)["seen"] == spikes_state(theirs)["seen"] == 8
 
-    # best.ckpt was chosen on the average's validation loss.
+    # z-loss, spikes and diagnostics are logged at every logging step (2, 4, 6, 8).
     lines = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    logged = ("train/z_loss", "train/loss_spikes", "diag/decay/grad_norm", "diag/no_decay/update_ratio")
+    assert [line["step"] for line in lines if all(key in line for key in logged)] == [2, 4, 6, 8]
+    assert all(0 < line["train/z_loss"] < 1e-3 * 11**2 for line in lines if "train/z_loss" in line)
+
+    # best.ckpt was chosen on the average's validation loss.
     ema_losses = {line["step"]: line["val/ema/loss"] for line in lines if "val/ema/loss" in line}
     best = load_checkpoint(reference / "checkpoints" / "best.ckpt")
     assert best["global_step"] == min(ema_losses, key=ema_losses.get)
