@@ -2,16 +2,23 @@
 
 Every load uses `weights_only=True`: a checkpoint from a stranger cannot run code. Ours hold only tensors
 and plain Python values (the model config is stored as a dict), so they load that way.
+
+A checkpoint of a run with weight averaging (lm/callbacks/averaging.py) also holds the averaged weights under
+AVERAGED; `weights="ema"` loads those instead of the trained ones.
 """
 
 import hashlib
 import pickle
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
+
+AVERAGED = "averaged_weights"  # the checkpoint key of the weight average's state (its GPT state dict, its counters)
+Weights = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -29,9 +36,14 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint): {err}") from None
 
 
-def config_and_weights(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """(config, GPT state dict, checkpoint) from an lm checkpoint or a Hugging Face model directory."""
+def config_and_weights(
+    source: str | Path, weights: Weights = "raw"
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, GPT state dict, checkpoint) from an lm checkpoint or a Hugging Face model directory; with
+    weights="ema" the state dict holds the checkpoint's averaged weights."""
     if Path(source).is_dir():
+        if weights != "raw":
+            raise UserError(f"{source} is a Hugging Face directory: it holds one set of weights, use --weights raw")
         from lm.interop.hf import load_hf_dir
 
         config, state = load_hf_dir(source)
@@ -40,8 +52,22 @@ def config_and_weights(source: str | Path) -> tuple[ModelConfig, dict[str, torch
     hparams = ckpt.get("hyper_parameters", {})
     if "config" not in hparams or "state_dict" not in ckpt:
         raise UserError(f"{source} is not an lm checkpoint (no model config or state_dict inside)")
+    if weights == "ema":
+        ckpt = with_averaged_weights(ckpt, source)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return ModelConfig(**hparams["config"]), state, ckpt
+
+
+def with_averaged_weights(ckpt: dict, source: str | Path) -> dict:
+    """The checkpoint with its averaged weights in place of the trained ones in `state_dict` (a shallow copy)."""
+    averaged = ckpt.get(AVERAGED)
+    if averaged is None:
+        raise UserError(
+            f"{source} holds no averaged weights: its run had no weight averaging (ema.start_step), or had not reached "
+            "its start step; use --weights raw"
+        )
+    state = {**ckpt["state_dict"], **{f"model.{k}": v for k, v in averaged["state_dict"].items()}}
+    return {**ckpt, "state_dict": state}
 
 
 def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -59,9 +85,10 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path)
     model.load_state_dict(state)
 
 
-def load_model(source: str | Path) -> tuple[GPT, dict]:
-    """A GPT ready for inference, and the checkpoint it came from ({} for a Hugging Face directory)."""
-    config, state, ckpt = config_and_weights(source)
+def load_model(source: str | Path, weights: Weights = "raw") -> tuple[GPT, dict]:
+    """A GPT ready for inference, and the checkpoint it came from ({} for a Hugging Face directory); `weights`:
+    the trained weights ("raw") or their average ("ema", for a checkpoint of a run with weight averaging)."""
+    config, state, ckpt = config_and_weights(source, weights)
     model = GPT(config)
     load_weights(model, state, source)
     return model.eval(), ckpt

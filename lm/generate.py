@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from jsonargparse import ArgumentParser
 
-from lm.checkpoint import load_model
+from lm.checkpoint import Weights, load_model
 from lm.data.tokenizer import EOT, get_encoding
 from lm.model import GPT
 from lm.model.gpt import check_sampling
@@ -106,6 +106,7 @@ def run(
     no_cache: bool = False,
     ignore_eos: bool = False,
     bench: bool = False,
+    weights: Weights = "raw",
 ) -> None:
     """Generate text from a trained model, printed as it is produced.
 
@@ -117,9 +118,10 @@ def run(
         top_k: Sample only among the k most likely tokens (0 or null: all).
         top_p: Sample only among the fewest most likely tokens whose probabilities reach p (nucleus; null: off).
         seed: Random seed, for reproducible samples.
+        weights: raw: the trained weights; ema: their moving average (a checkpoint of a run with ema.start_step).
     """
     check_sampling(temperature, top_k, top_p)
-    model, _ = load_model(ckpt_path)
+    model, _ = load_model(ckpt_path, weights)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     if bench:
         speeds = benchmark(model, prompt, max_new_tokens)

@@ -74,6 +74,7 @@ class LanguageModel(L.LightningModule):
         compile: bool = False,
         activation_checkpointing: bool = False,
         loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
+        z_loss: float = 0.0,
         init_from: str | None = None,
     ):
         """
@@ -109,6 +110,9 @@ class LanguageModel(L.LightningModule):
                 them: much less memory (larger micro-batches on small GPUs) for about a third more compute.
             loss_chunk_tokens: Tokens per pass through the output layer when computing the loss (lm/model/loss.py):
                 the (tokens × vocabulary) logits are never all held at once. 0 computes them for the whole micro-batch.
+            z_loss: Coefficient of PaLM's z-loss, `z_loss · mean(log Z²)` added to the training loss (log Z: the
+                log-sum-exp of a token's logits), which keeps the softmax normalizer near 1; 1e-4 in PaLM and OLMo.
+                Logged as train/z_loss; train/loss and validation stay the cross-entropy. 0: off.
             init_from: Start from the weights of this lm checkpoint or Hugging Face model directory (continued
                 pretraining); optimizer, schedule and counters start fresh. To resume a run, use --ckpt_path.
         """
@@ -121,6 +125,7 @@ class LanguageModel(L.LightningModule):
             ("muon_lr", muon_lr),
             ("muon_weight_decay", muon_weight_decay),
             ("muon_momentum", muon_momentum),
+            ("z_loss", z_loss),
         ):
             if value < 0:
                 raise UserError(f"model.{name} must be ≥ 0, got {value}")
@@ -286,17 +291,18 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = (self.compiled_forward or self.model)(x, y)
+        loss, z_loss = (self.compiled_forward or self.model)(x, y, z_loss=self.hparams.z_loss)
         if self.logging_step():
-            self.log_step_metrics(loss)
+            self.log_step_metrics(loss, z_loss)
         return loss
 
     def logging_step(self) -> bool:
         """Whether the optimizer step being made is one the logger writes (one in trainer.log_every_n_steps)."""
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
-    def log_step_metrics(self, loss: torch.Tensor) -> None:
-        """train/loss, train/tokens, the learning rates and TensorBoard's x-axis, at the steps the logger writes.
+    def log_step_metrics(self, loss: torch.Tensor, z_loss: torch.Tensor) -> None:
+        """train/loss (the cross-entropy), train/z_loss (with model.z_loss), train/tokens, the learning rates and
+        TensorBoard's x-axis, at the steps the logger writes.
 
         Only there: Lightning's self.log costs ~0.3 ms of host time a call (as much as a small model's whole step),
         and what is logged at another step is never written. Not prog_bar=True: Lightning would read progress-bar
@@ -308,6 +314,9 @@ class LanguageModel(L.LightningModule):
         # "step" is TensorBoard's x-axis (Lightning's logger takes a logged "step"): optimizer steps done once this one
         # is, as in metrics.jsonl and checkpoint names (Lightning's own x would be this step's 0-based index).
         metrics = {"step": step, "train/tokens": step * self.tokens_per_step, **self.learning_rates()}
+        if self.hparams.z_loss:
+            loss = loss.detach() - z_loss
+            self.log("train/z_loss", z_loss)
         self.log("train/loss", loss)
         self.log_dict({name: on_device(value) for name, value in metrics.items()})
 
@@ -318,26 +327,34 @@ class LanguageModel(L.LightningModule):
         return {"lr": groups[0]["lr"]} | {f"lr/{g['name']}": g["lr"] for g in groups if g.get("name") == "muon"}
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.update_val_metrics(self.val_metrics, self.model, batch, dataloader_idx)
+
+    def update_val_metrics(self, metrics: torch.nn.ModuleDict, model: GPT, batch, dataloader_idx: int) -> None:
+        """Adds `model`'s loss on a validation batch to `metrics` (val_metrics, or the weight average's copy)."""
         x, y = batch
-        loss = self.model(x, y)
+        loss = model(x, y)
         update = (loss * y.numel(), y.numel(), self.token_bytes[y].sum())
-        self.val_metrics["all"].update(*update)
-        if len(self.val_metrics) > 2:  # several sources: also per source
-            self.val_metrics[self.trainer.datamodule.source_names[dataloader_idx]].update(*update)
+        metrics["all"].update(*update)
+        if len(metrics) > 2:  # several sources: also per source
+            metrics[self.trainer.datamodule.source_names[dataloader_idx]].update(*update)
 
     def on_validation_epoch_end(self):
-        for name, metric in self.val_metrics.items():
-            # Decided by config, not by `update_called`: compute() is a collective sum, so every rank takes part,
-            # even one whose share of the val batches was empty (else the others wait for it forever).
-            if name == "all" or len(self.val_metrics) > 2:
-                prefix = "val" if name == "all" else f"val/{name}"
-                for key, value in metric.compute().items():
-                    self.log(f"{prefix}/{key}", value.float(), add_dataloader_idx=False)
-            metric.reset()
+        self.log_val_metrics(self.val_metrics, "val")
         # TensorBoard's x-axis, as for training: optimizer steps done. validate and test log in a TensorBoard run of
         # their own, at the step of the checkpoint they evaluate, so their point sits beside the fit's curve.
         fit = self.trainer.state.fn == "fit"
         self.log("step", float(self.global_step if fit else self.checkpoint_step or 0))
+
+    def log_val_metrics(self, metrics: torch.nn.ModuleDict, prefix: str) -> None:
+        """Logs `<prefix>/loss`, ppl and bpb (and `<prefix>/<source>/...` for several sources), then resets."""
+        for name, metric in metrics.items():
+            # Decided by config, not by `update_called`: compute() is a collective sum, so every rank takes part,
+            # even one whose share of the val batches was empty (else the others wait for it forever).
+            if name == "all" or len(metrics) > 2:
+                source = prefix if name == "all" else f"{prefix}/{name}"
+                for key, value in metric.compute().items():
+                    self.log(f"{source}/{key}", value.float(), add_dataloader_idx=False)
+            metric.reset()
 
     def on_save_checkpoint(self, checkpoint: dict):
         checkpoint["tokens_seen"] = self.global_step * self.tokens_per_step

@@ -20,12 +20,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
-from lm.callbacks.checkpointing import Checkpoint
+from lm.callbacks.averaging import ExponentialMovingAverage
+from lm.callbacks.checkpointing import AtomicCheckpointIO, Checkpoint
+from lm.callbacks.diagnostics import TrainingDiagnostics
 from lm.callbacks.nonfinite import NonFiniteGuard
 from lm.callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
 from lm.callbacks.progress import StepProgressBar
 from lm.callbacks.run_summary import scalars
-from lm.checkpoint import load_checkpoint
+from lm.callbacks.spikes import LossSpikeDetector
+from lm.checkpoint import Weights, load_checkpoint
 from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.errors import UserError
 from lm.files import write_atomic
@@ -40,12 +43,22 @@ class LMCLI(LightningCLI):
         # Off unless every_n_train_steps > 0: step-<N>.ckpt every N steps (newest save_top_k kept), and last.ckpt.
         parser.add_lightning_class_args(Checkpoint, "periodic_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        # Off by default; after nonfinite (a skipped spike joins the guard's found_inf): --spikes.threshold 6 ...
+        parser.add_lightning_class_args(LossSpikeDetector, "spikes")
+        parser.add_lightning_class_args(ExponentialMovingAverage, "ema")  # off unless --ema.start_step is set
+        parser.add_lightning_class_args(TrainingDiagnostics, "diagnostics")  # --diagnostics.enabled true
         parser.add_lightning_class_args(SampleCallback, "samples")  # --samples.every_n_steps, --samples.prompts ...
         parser.add_argument(
             "--overwrite",
             type=bool,
             default=False,
             help="Start afresh in a run directory that holds another run (its checkpoints, metrics and events go).",
+        )
+        parser.add_argument(
+            "--weights",
+            type=Weights,
+            default="raw",
+            help="validate/test: evaluate the checkpoint's trained weights (raw) or their moving average (ema).",
         )
         parser.set_defaults(
             {
@@ -76,6 +89,8 @@ class LMCLI(LightningCLI):
 
     def before_instantiate_classes(self):
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit" and config.weights != "raw":
+            raise UserError("--weights applies to validate and test; fit resumes from the trained weights")
         if config.trainer.plugins is None:
             config.trainer.plugins = Namespace(class_path="lm.callbacks.checkpointing.AtomicCheckpointIO")
         if config.get("weights_only") is None:
@@ -100,9 +115,18 @@ class LMCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
         trainer = super().instantiate_trainer(**kwargs)
+        # Off (the default): not even in the loop, where Lightning calls every callback's hooks at every step.
+        off = [c for c in (config.spikes, config.ema, config.diagnostics) if not c.enabled]
         if not self.config[self.subcommand].periodic_checkpoint.every_n_train_steps:
-            # Off (the default): not even in the loop, where Lightning calls every callback's hooks at every step.
-            trainer.callbacks = [c for c in trainer.callbacks if c is not config.periodic_checkpoint]
+            off.append(config.periodic_checkpoint)
+        trainer.callbacks = [c for c in trainer.callbacks if not any(c is o for o in off)]
+        weights = self.config[self.subcommand].weights
+        if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io.weights = weights  # validate/test --weights ema: the average is loaded
+        elif weights != "raw":
+            raise UserError(
+                "--weights ema needs lm's checkpoint plugin (lm.callbacks.checkpointing.AtomicCheckpointIO)"
+            )
         return trainer
 
     def before_fit(self):

@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lm.checkpoint import load_checkpoint
+from lm.checkpoint import Weights, load_checkpoint, with_averaged_weights
 from lm.errors import UserError
 
 
@@ -50,13 +50,17 @@ def save_atomic(obj, path: str | Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Trainer plugin: atomic saves (`save_atomic`) and safe loads (`lm.checkpoint.load_checkpoint`)."""
 
+    weights: Weights = "raw"  # what a loaded checkpoint gives the model: its trained weights, or their average (ema)
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         save_atomic(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
         if weights_only is False:  # the user vouched for this file
-            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
-        return load_checkpoint(path)
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=False)
+        else:
+            checkpoint = load_checkpoint(path)
+        return with_averaged_weights(checkpoint, path) if self.weights == "ema" else checkpoint
 
 
 class Checkpoint(ModelCheckpoint):

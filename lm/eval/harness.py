@@ -35,7 +35,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.tasks import TaskManager
 from tqdm import tqdm
 
-from lm.checkpoint import load_model
+from lm.checkpoint import Weights, load_model
 from lm.data.tokenizer import EOT, get_encoding
 from lm.errors import UserError
 from lm.model import GPT
@@ -58,6 +58,7 @@ class HarnessModel(TemplateLM):
         shard: tuple[int, int] = (0, 1),
         progress: bool = True,
         max_batch_size: int | None = None,
+        weights: Weights = "raw",
     ):
         """
         Args:
@@ -70,6 +71,7 @@ class HarnessModel(TemplateLM):
             shard: (rank, world size): this process scores every world_size-th request, then all ranks gather.
             progress: Show progress bars (on rank 0).
             max_batch_size: Accepted for the harness's CLI; unused (no automatic batch size).
+            weights: raw: the trained weights; ema: their moving average (a checkpoint of a run with ema.start_step).
         """
         super().__init__()
         if str(batch_size).startswith("auto"):
@@ -80,10 +82,10 @@ class HarnessModel(TemplateLM):
         if model is None:
             if ckpt_path is None:
                 raise UserError("the lm model needs ckpt_path=<checkpoint or Hugging Face directory>")
-            model, ckpt = load_model(ckpt_path)
+            model, ckpt = load_model(ckpt_path, weights)
             model.to(pick_device(device))
             self.checkpoint = {key: ckpt.get(key) for key in ("global_step", "tokens_seen")}
-            self.checkpoint["ckpt_path"] = ckpt_path
+            self.checkpoint |= {"ckpt_path": ckpt_path, "weights": weights}
         self.gpt = model
         self.batch_size = int(batch_size)
         self.dtype = getattr(torch, dtype)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jsonargparse import CLI
 from tqdm import tqdm
 
-from lm.checkpoint import load_model
+from lm.checkpoint import Weights, load_model
 from lm.data.tokenizer import get_encoding
 from lm.errors import UserError
 from lm.model import GPT
@@ -154,7 +154,9 @@ class HellaSwagCallback(L.Callback):
         pl_module.log("eval/hellaswag_acc_norm", correct_norm / n)
 
 
-def hellaswag(ckpt_path: str, data: str, limit: int | None = None, batch_size: int = 8) -> dict:
+def hellaswag(
+    ckpt_path: str, data: str, limit: int | None = None, batch_size: int = 8, weights: Weights = "raw"
+) -> dict:
     """Accuracy on HellaSwag: which of 4 endings the model finds most likely.
 
     Args:
@@ -162,11 +164,12 @@ def hellaswag(ckpt_path: str, data: str, limit: int | None = None, batch_size: i
         data: HellaSwag jsonl in the official schema (e.g. hellaswag_val.jsonl, 10,042 examples).
         limit: Evaluate only the first N examples.
         batch_size: Examples per forward pass (each adds 4 sequences).
+        weights: raw: the trained weights; ema: their moving average (a checkpoint of a run with ema.start_step).
     """
     examples = load_examples(data, limit)
     if not examples:
         raise UserError(f"{data} holds no examples")
-    model, _ = load_model(ckpt_path)
+    model, _ = load_model(ckpt_path, weights)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate(model, examples, batch_size, progress=True)
     print(json.dumps(result))

@@ -21,6 +21,7 @@ import lightning as L
 from jsonargparse import CLI
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from lm.checkpoint import Weights
 from lm.errors import UserError
 from lm.eval.results import mean_accuracy, metric_values
 from lm.files import write_atomic
@@ -46,12 +47,13 @@ def split_tasks(tasks: str | list[str]) -> list[str]:
     return names
 
 
-def default_out(ckpt_path: str) -> Path:
-    """runs/<name>/eval/<stem>.json for runs/<name>/checkpoints/<stem>.ckpt, else <checkpoint>.eval.json beside it."""
-    path = Path(ckpt_path)
+def default_out(ckpt_path: str, weights: Weights = "raw") -> Path:
+    """runs/<name>/eval/<stem>.json for runs/<name>/checkpoints/<stem>.ckpt, else <checkpoint>.eval.json beside it
+    (<stem>.ema.json and <checkpoint>.ema.eval.json for the averaged weights)."""
+    path, suffix = Path(ckpt_path), ".ema" if weights == "ema" else ""
     if path.parent.name == "checkpoints":
-        return path.parent.parent / "eval" / f"{path.stem}.json"
-    return path.parent / f"{path.stem if path.is_file() else path.name}.eval.json"
+        return path.parent.parent / "eval" / f"{path.stem}{suffix}.json"
+    return path.parent / f"{path.stem if path.is_file() else path.name}{suffix}.eval.json"
 
 
 def evaluate(
@@ -65,6 +67,7 @@ def evaluate(
     dtype: str = "float32",
     out: str | None = None,
     overwrite: bool = False,
+    weights: Weights = "raw",
 ) -> dict:
     """Score a checkpoint on lm-evaluation-harness tasks; print the harness's table and write its results as JSON.
 
@@ -79,16 +82,17 @@ def evaluate(
         dtype: float32, or bfloat16 / float16 (autocast; faster on GPUs, not bit-comparable).
         out: Where to write the JSON (default: runs/<name>/eval/<checkpoint stem>.json for a checkpoint of a run).
         overwrite: Replace an existing result file.
+        weights: raw: the trained weights; ema: their moving average (a checkpoint of a run with ema.start_step).
     """
     harness = import_harness()
     names = split_tasks(tasks)
     if not Path(ckpt_path).exists():
         raise UserError(f"checkpoint not found: {ckpt_path}")
-    out_path = Path(out) if out else default_out(ckpt_path)
+    out_path = Path(out) if out else default_out(ckpt_path, weights)
     if out_path.exists() and not overwrite:
         raise UserError(f"{out_path} exists (an earlier evaluation): pass --out elsewhere or --overwrite true")
     manager = harness.task_manager(names, include_path)
-    lm = harness.HarnessModel(ckpt_path=ckpt_path, batch_size=batch_size, device=device, dtype=dtype)
+    lm = harness.HarnessModel(ckpt_path=ckpt_path, batch_size=batch_size, device=device, dtype=dtype, weights=weights)
     start = time.perf_counter()
     results = harness.run_tasks(lm, names, manager, limit=limit, num_fewshot=num_fewshot)
     results["total_evaluation_time_seconds"] = round(time.perf_counter() - start, 1)

@@ -15,8 +15,14 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m lm export", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True, help="lm checkpoint (.ckpt) or Hugging Face model directory")
     parser.add_argument("--out", required=True, help="directory to create; must not exist or be empty")
+    parser.add_argument(
+        "--weights",
+        choices=["raw", "ema"],
+        default="raw",
+        help="the trained weights (raw) or their moving average (ema; a run with ema.start_step)",
+    )
     args = parser.parse_args(argv)
-    model, _ = load_model(args.ckpt_path)
+    model, _ = load_model(args.ckpt_path, args.weights)
     out = save_hf_dir(model.config, model.state_dict(), args.out, source=args.ckpt_path)
     print(
         f"wrote {ARCHITECTURES[hf_model_type(model.config)]} to {out}; load it with "

@@ -183,9 +183,13 @@ class GPT(nn.Module):
     def _residual_projections(self) -> set[nn.Module]:
         return {m for block in self.transformer.h for m in (block.attn.c_proj, block.mlp.c_proj)}
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0, z_loss: float | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token cross-entropy (fp32) when `targets` is given, else logits (B, T, vocab_size).
 
+        With `z_loss` (a coefficient, also 0) and targets: the pair (cross-entropy + z-loss, z-loss), the z-loss being
+        PaLM's `z_loss · mean(log Z²)` over the tokens (lm/model/loss.py), returned alone too for logging.
         `pos` is the position of idx[:, 0]; it is non-zero only while decoding with the KV cache.
         """
         B, T = idx.size()
@@ -209,13 +213,20 @@ class GPT(nn.Module):
             # Through the output layer a chunk of tokens at a time (lm/model/loss.py): the value and gradients of the
             # cross-entropy below, without ever holding the (B, T, vocab) logits.
             hidden, chunk = x.flatten(0, 1), self.loss_chunk_tokens
-            return cross_entropy(hidden, self.lm_head.weight, targets.flatten(), c.vocab_size, chunk, c.logit_softcap)
+            loss, z = cross_entropy(
+                hidden, self.lm_head.weight, targets.flatten(), c.vocab_size, chunk, c.logit_softcap, z_loss or 0.0
+            )
+            return loss if z_loss is None else (loss, z)
         logits = self.lm_head(x)[..., : c.vocab_size]  # (B, T, vocab_size); padding never predicted
         if c.logit_softcap:
             logits = c.logit_softcap * torch.tanh(logits / c.logit_softcap)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        if not z_loss:
+            return loss if z_loss is None else (loss, torch.zeros_like(loss))
+        z = z_loss * logits.float().logsumexp(dim=-1).square().mean()
+        return loss + z, z.detach()
 
     # ---- counting ------------------------------------------------------------------------------------
 

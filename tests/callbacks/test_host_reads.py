@@ -14,7 +14,7 @@ class ReadsTheLossEveryStep(L.Callback):
         float(outputs["loss"])
 
 
-def count_reads(tmp_path, text_corpus, *callbacks) -> dict:
+def count_reads(tmp_path, text_corpus, *callbacks, args: tuple[str, ...] = ()) -> dict:
     """8 steps through `python -m lm fit`'s stack (every default callback, the progress bar, TensorBoard,
     checkpoints), logging every 4 steps, validating at 4 and 8."""
     settings = {
@@ -25,7 +25,7 @@ def count_reads(tmp_path, text_corpus, *callbacks) -> dict:
     }
     config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run", **settings)
     counter = HostReadCounter()
-    run(["fit", "--config", config, "--overwrite", "true"], callbacks=(counter, *callbacks))
+    run(["fit", "--config", config, "--overwrite", "true", *args], callbacks=(counter, *callbacks))
     assert sorted(counter.steps) == list(range(1, 9))
     return counter.summary(log_every_n_steps=4)
 
@@ -44,3 +44,12 @@ def test_the_counter_sees_a_read_per_step(tmp_path, text_corpus):
     reads = count_reads(tmp_path, text_corpus, ReadsTheLossEveryStep())
     assert reads["between_logging_steps"] == 6  # steps 1, 2, 3, 5, 6, 7
     assert reads["per_logging_step"] == [23, 24]
+
+
+def test_no_host_reads_between_logging_steps_with_every_training_aid(tmp_path, text_corpus):
+    """z-loss, weight averaging, the loss-spike detector (skipping) and the per-group diagnostics all stay on the
+    device between logging steps."""
+    aids = ("--model.z_loss", "1e-4", "--ema.start_step", "2", "--spikes.threshold", "6", "--spikes.skip", "true")
+    aids += ("--spikes.warmup_steps", "2", "--diagnostics.enabled", "true", "--checkpoint.monitor", "val/ema/loss")
+    reads = count_reads(tmp_path, text_corpus, args=aids)
+    assert reads["between_logging_steps"] == 0

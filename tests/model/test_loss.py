@@ -80,3 +80,50 @@ def test_the_chunked_loss_follows_a_soft_cap_on_the_logits():
     loss, grads = loss_and_grads(model, idx, targets, 7)
     torch.testing.assert_close(loss, full_loss, atol=0, rtol=1e-6)
     assert_gradients_close(grads, full_grads, scale_tolerance=5e-5)
+
+
+def z_loss_and_grads(model: GPT, idx, targets, chunk: int, z_loss: float):
+    model.zero_grad()
+    model.loss_chunk_tokens = chunk
+    loss, z = model(idx, targets, z_loss=z_loss)
+    loss.backward()
+    return loss.detach(), z, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("softcap", [None, 0.5], ids=["plain", "softcap"])
+def test_z_loss_and_its_gradients_equal_autograd_on_the_full_logits(softcap):
+    """PaLM's z-loss, z · mean(logsumexp(logits)²), added inside the chunked loss: value and gradients of every
+    parameter as autograd gives them for the full (capped) fp32 logits, with a coefficient large enough to matter."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(tie_embeddings=False, logit_softcap=softcap))
+    idx, targets = torch.randint(0, 50257, (2, 12)), torch.randint(0, 50257, (2, 12))
+    logits = model(idx).flatten(0, 1).float()
+    reference_z = 0.1 * logits.logsumexp(dim=-1).square().mean()
+    reference = F.cross_entropy(logits, targets.flatten()) + reference_z
+    model.zero_grad()
+    reference.backward()
+    reference_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    loss, z, grads = z_loss_and_grads(model, idx, targets, 0, 0.1)  # the unchunked path
+    torch.testing.assert_close(loss, reference.detach(), atol=0, rtol=1e-6)
+    assert_gradients_close(grads, reference_grads, scale_tolerance=1e-5)
+    for chunk in (4096, 7):  # one chunk; chunks of 7, 7, 7 and 3 tokens
+        loss, z, grads = z_loss_and_grads(model, idx, targets, chunk, 0.1)
+        torch.testing.assert_close(loss, reference.detach(), atol=0, rtol=1e-6)
+        torch.testing.assert_close(z, reference_z.detach(), atol=0, rtol=1e-6)
+        assert not z.requires_grad
+        assert_gradients_close(grads, reference_grads, scale_tolerance=5e-5)
+        with torch.no_grad():  # the same value without gradients (as validation computes it)
+            torch.testing.assert_close(model(idx, targets, z_loss=0.1)[0], reference.detach(), atol=0, rtol=1e-6)
+    without = z_loss_and_grads(model, idx, targets, 7, 0.0)[2]  # the z-loss's share is far above the tolerance
+    assert max((g - reference_grads[n]).abs().max() / reference_grads[n].abs().max() for n, g in without.items()) > 1e-2
+
+
+def test_a_zero_z_loss_is_bit_for_bit_the_cross_entropy():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    idx, targets = torch.randint(0, 50257, (2, 12)), torch.randint(0, 50257, (2, 12))
+    loss, grads = loss_and_grads(model, idx, targets, 7)
+    zero_loss, z, zero_grads = z_loss_and_grads(model, idx, targets, 7, 0.0)
+    assert torch.equal(zero_loss, loss) and z == 0
+    assert all(torch.equal(zero_grads[name], grad) for name, grad in grads.items())
