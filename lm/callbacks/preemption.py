@@ -4,12 +4,14 @@ Lightning turns SIGTERM into a `SIGTERMException` after whichever micro-batch is
 accumulation that can be the middle of a window: the checkpoint would count the window's first micro-batches as
 consumed while their gradients are lost, and the resumed run would take its first step from fewer micro-batches.
 So this callback takes the signal first and passes it on to Lightning only when the window ends, after its
-optimizer step (and after a validation due at that step): last.ckpt is then an exact step boundary and
-`--ckpt_path last` continues bit-identically (on CPU: tested with accumulation 4, signalled at the second
-micro-batch of a window). The wait is at most one optimizer step. Under DDP the ranks decide together at the end of
-each step (one all-reduce of a flag per step; Lightning itself broadcasts its flag at every micro-batch), so all
-stop after the same step. `lm.train` then exits with EXIT_PREEMPTED = 75 (sysexits' EX_TEMPFAIL, "try again
-later"), which a job script can tell apart from a failure (1) or a kill (128 + signal).
+optimizer step: last.ckpt is then an exact step boundary and `--ckpt_path last` continues bit-identically (on CPU:
+tested with accumulation 4, signalled at every micro-batch of a window). A validation due at that step runs first,
+whole: Lightning's validation loop stops at its next batch once the Trainer has the signal, and the resumed run
+would not repeat it, so the signal is passed on after the validation (a signal that comes during a validation, too).
+The wait is at most the rest of one optimizer step and one validation. Under DDP the ranks decide together at the
+end of each step or validation (one all-reduce of a flag; Lightning itself broadcasts its flag at every
+micro-batch), so all stop after the same step. `lm.train` then exits with EXIT_PREEMPTED = 75 (sysexits'
+EX_TEMPFAIL, "try again later"), which a job script can tell apart from a failure (1) or a kill (128 + signal).
 
 SIGUSR1: under SLURM with auto-requeue (Lightning's SLURMEnvironment default) Lightning owns SIGUSR1: it saves
 hpc_ckpt_<n>.ckpt and runs `scontrol requeue`; SLURM then sends SIGTERM, which lands here. Without SLURM (or
@@ -32,6 +34,13 @@ EXIT_PREEMPTED = os.EX_TEMPFAIL  # 75
 
 def as_sigterm(signum, frame) -> None:
     signal.raise_signal(signal.SIGTERM)
+
+
+def validation_follows(trainer) -> bool:
+    """Whether Lightning validates after the training batch that just ended. Lightning decides it right after
+    on_train_batch_end with this (private) test, which this asks with the same loop state."""
+    fit_loop = trainer.fit_loop
+    return trainer.enable_validation and fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher)
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -66,11 +75,19 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.lightning_sigterm is None or trainer.global_step == self.step_at_batch_start:
             return  # not ours to handle, or inside an accumulation window: its optimizer step is still to come
+        if not validation_follows(trainer):
+            self.stop_if_requested(trainer)  # Lightning raises SIGTERMException at the end of this batch
+
+    def on_validation_end(self, trainer, pl_module):
+        if self.lightning_sigterm is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.stop_if_requested(trainer)  # Lightning raises SIGTERMException once the validation is over
+
+    def stop_if_requested(self, trainer) -> None:
         stop = self.stop_requested
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and callable(self.lightning_sigterm):
-            self.lightning_sigterm(signal.SIGTERM, None)  # Lightning raises SIGTERMException at the end of this batch
+            self.lightning_sigterm(signal.SIGTERM, None)
 
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:

@@ -28,13 +28,18 @@ PERIODIC = ["--periodic_checkpoint.every_n_train_steps", "3"]
 
 
 class SignalAt(L.Callback):
-    """Sends this process SIGTERM as training micro-batch `micro_batch` (0-based) starts: a signal at a known point."""
+    """Sends this process SIGTERM as training micro-batch `micro_batch` (0-based) starts, or with `validation_at_step`
+    as the validation of that optimizer step starts its second batch: a signal at a known point."""
 
-    def __init__(self, micro_batch: int):
-        self.micro_batch = micro_batch
+    def __init__(self, micro_batch: int | None = None, validation_at_step: int | None = None):
+        self.micro_batch, self.validation_at_step = micro_batch, validation_at_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.micro_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.global_step == self.validation_at_step and batch_idx == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -69,6 +74,12 @@ def train_lines(run: Path) -> list[dict]:
     text = path.read_text() if path.is_file() else ""
     lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]  # complete lines only
     return [line for line in lines if "train/loss" in line]
+
+
+def validations(run: Path) -> list[tuple[int, float]]:
+    """(step, val/loss) of every validation the run's sessions logged, in order."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], line["val/loss"]) for line in lines if "val/loss" in line]
 
 
 def losses(run: Path) -> dict[int, float]:
