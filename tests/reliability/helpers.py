@@ -43,6 +43,17 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SlowSteps(L.Callback):
+    """Sleeps before each training micro-batch from optimizer step `from_step` on: time to send a second signal."""
+
+    def __init__(self, from_step: int, seconds: float):
+        self.from_step, self.seconds = from_step, seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.from_step:
+            time.sleep(self.seconds)
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
     env.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tokenizer" / "tiktoken_cache"))
@@ -50,11 +61,17 @@ def child_env() -> dict[str, str]:
 
 
 def start(args: list[str], log: Path, script: str | None = None, **env: str) -> subprocess.Popen:
-    """`python -m lm ARGS` (or `python SCRIPT ARGS`) in the background, output to `log`."""
+    """`python -m lm ARGS` (or `python SCRIPT ARGS`) in the background, output to `log`, in a process group of its
+    own (a terminal's Ctrl-C signals a whole group: os.killpg)."""
     command = [sys.executable, script] if script else [sys.executable, "-m", "lm"]
     with open(log, "wb") as out:
         return subprocess.Popen(
-            command + args, cwd=ROOT, env={**child_env(), **env}, stdout=out, stderr=subprocess.STDOUT
+            command + args,
+            cwd=ROOT,
+            env={**child_env(), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -67,6 +84,15 @@ def wait_until(condition, process: subprocess.Popen, log: Path, timeout: float =
             process.kill()
             raise AssertionError(f"timed out:\n{log.read_text()[-3000:]}")
         time.sleep(0.01)
+
+
+def exit_code(process: subprocess.Popen, log: Path, timeout: float = 120) -> int:
+    """The code `process` exits with; killed (with its process group) if it runs past `timeout` seconds."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"still running after {timeout} s:\n{log.read_text()[-3000:]}") from None
 
 
 def train_lines(run: Path) -> list[dict]:
