@@ -156,6 +156,7 @@ class LanguageModel(L.LightningModule):
         self.tokens_per_step = 0  # resolved in setup()
         self.checkpoint_step: int | None = None  # global step of the checkpoint these weights were restored from
         self.compiled_forward = None  # the training forward under torch.compile (setup, with `compile`)
+        self.window_loss: tuple[int, torch.Tensor | None, int] = (-1, None, 0)  # (step, loss sum, micro-batches)
 
     # ---- continued pretraining -----------------------------------------------------------------------
 
@@ -293,8 +294,20 @@ class LanguageModel(L.LightningModule):
         x, y = batch
         loss, z_loss = (self.compiled_forward or self.model)(x, y, z_loss=self.hparams.z_loss)
         if self.logging_step():
-            self.log_step_metrics(loss, z_loss)
+            self.log_step_metrics(self.window_mean(loss), z_loss)
         return loss
+
+    def window_mean(self, loss: torch.Tensor) -> torch.Tensor:
+        """The mean loss of this optimizer step's micro-batches so far: at its last micro-batch, the step's loss.
+
+        Summed on the device (no host sync), only in the windows of logging steps; each micro-batch logs the mean so
+        far and the logger writes the last one.
+        """
+        step, total, count = self.window_loss
+        if step != self.global_step:  # the first micro-batch of this step's window
+            total, count = torch.zeros_like(loss, dtype=torch.float32), 0
+        self.window_loss = (self.global_step, total + loss.detach(), count + 1)
+        return self.window_loss[1] / self.window_loss[2]
 
     def logging_step(self) -> bool:
         """Whether the optimizer step being made is one the logger writes (one in trainer.log_every_n_steps)."""

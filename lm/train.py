@@ -216,9 +216,12 @@ class SaveRunConfig(SaveConfigCallback):
 def quiet_console() -> None:
     """Drop the messages that lm's users would see on every command and cannot act on: Lightning's tips for its
     cloud services, a deprecation inside Lightning's own use of torch's pytree, and Lightning's warning that a
-    resumed run's checkpoint directory is not empty (lm checks the run directory itself: see claim_run_dir)."""
+    resumed run's checkpoint directory is not empty (lm checks the run directory itself: see claim_run_dir); and
+    Lightning's lines about signals, which PreemptionCheckpoint replaces: "Received SIGTERM" (also for a Ctrl-C or
+    SIGUSR1, when the step is over) and "attempting graceful shutdown" on a second Ctrl-C."""
+    dropped = ("💡 Tip:", "Received SIGTERM: ", "Detected KeyboardInterrupt")
     for handler in logging.getLogger("lightning.pytorch").handlers:
-        handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip:"))
+        handler.addFilter(lambda record: not any(text in record.getMessage() for text in dropped))
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -227,14 +230,15 @@ def main(args: list[str] | None) -> None:
     """Runs LightningCLI on `args` (None: sys.argv); a preempted run exits with EXIT_PREEMPTED."""
     try:
         run(args)
-    except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt; tell a requeue script to run us again
+    except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt (preemption or Ctrl-C); the run can continue
         raise SystemExit(EXIT_PREEMPTED) from None
 
 
 def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
     """LightningCLI on `args`, with lm's default callbacks and any extra `callbacks` (the benchmark's timer)."""
     quiet_console()
-    defaults = [MixtureLogger(), ThroughputCallback(), RunSummaryCallback(), PreemptionCheckpoint(), *callbacks]
+    # PreemptionCheckpoint before RunSummaryCallback: on a preemption the summary is written after last.ckpt.
+    defaults = [MixtureLogger(), ThroughputCallback(), PreemptionCheckpoint(), RunSummaryCallback(), *callbacks]
     return LMCLI(
         LanguageModel,
         TokenDataModule,

@@ -1,6 +1,9 @@
 """The console's training bar: optimizer steps out of max_steps, and no device sync of its own."""
 
+import sys
+
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -8,7 +11,9 @@ class StepProgressBar(TQDMProgressBar):
 
     An lm run is one endless epoch of a token budget, which Lightning's bars show as "Epoch 0/-2" with a count of
     micro-batches. This bar counts optimizer steps against `max_steps` (as resolved from the token budget) and
-    continues from the restored step after a resume. Beside it, `train/loss` and `val/loss` are read from the device
+    continues from the restored step after a resume. It is made in that form when training starts: Lightning's bar
+    is first drawn as "Training: 0/?", then as "Epoch 0: 0/<batches>" at the epoch's start, a hook that a run
+    resumed in the middle of its epoch never gets. Beside it, `train/loss` and `val/loss` are read from the device
     only at logging steps (`trainer.log_every_n_steps`) and after validations, where the logger reads them anyway
     (metrics logged with Lightning's `prog_bar=True` would be read after every batch): updating the bar never waits
     for the GPU, so its refresh rate can stay at every step on any device.
@@ -20,13 +25,25 @@ class StepProgressBar(TQDMProgressBar):
         metrics = trainer.callback_metrics
         return {name: f"{metrics[name].item():.3f}" for name in self.SHOWN if name in metrics}
 
+    def init_train_tqdm(self) -> Tqdm:
+        """Lightning's training bar (same place and look), in steps; the rate counts this session's steps."""
+        trainer = self.trainer
+        return Tqdm(
+            desc="train",
+            total=trainer.max_steps,
+            initial=trainer.global_step,
+            unit="step",
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
     def on_train_epoch_start(self, trainer, *_) -> None:
-        super().on_train_epoch_start(trainer)
-        bar = self.train_progress_bar
-        bar.reset(total=trainer.max_steps)
-        bar.initial = bar.n = trainer.global_step  # a resumed run continues from its step; the rate counts new ones
-        bar.set_description("train")
-        bar.unit = "step"
+        """Nothing: the bar counts the run's steps, not an epoch's batches (Lightning's would reset it here)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step, bar = trainer.global_step, self.train_progress_bar

@@ -4,11 +4,13 @@
   the step, tokens seen, learning rate and every scalar logged in training (train/*, perf/*), and one line
   after each validation with val/* and eval/* metrics. Lines are appended, so a resumed run continues the
   file (steps replayed after a crash appear twice; `python -m lm plot` keeps the later ones).
-- run_summary.json: parameters, tokens seen, best validation loss/ppl/bpb and its step, wall time, mean
-  throughput, lineage (continued pretraining), the share of tokens BOS-aligned packing used and cropped, latest
-  text samples, and everything that decides a CPU result: the resolved config, the git commit (and whether the
-  tree had uncommitted changes), the versions of python, torch, lightning and lm, the device, the thread count and
-  the deterministic-algorithms setting (lm.provenance).
+- run_summary.json: parameters, steps and tokens trained, the step the newest checkpoint holds (`checkpoint_step`:
+  where `--ckpt_path last` continues; behind `step` after a crash or a second Ctrl-C, null before the first
+  checkpoint), best validation loss/ppl/bpb and its step, wall time, mean throughput, lineage (continued
+  pretraining), the share of tokens BOS-aligned packing used and cropped, latest text samples, and everything that
+  decides a CPU result: the resolved config, the git commit (and whether the tree had uncommitted changes), the
+  versions of python, torch, lightning and lm, the device, the thread count and the deterministic-algorithms setting
+  (lm.provenance).
   Rewritten atomically after each validation and at the end, so a crashed run still has one.
 
 Rank 0 writes; the state needed to continue the summary (best, wall time) is saved in checkpoints.
@@ -61,6 +63,7 @@ class RunSummaryCallback(L.Callback):
         self.run_dir: Path | None = None
         self.start: float | None = None
         self.last_step = 0
+        self.checkpoint_step: int | None = None  # the step the newest checkpoint holds
         self.before_validation: dict = {}
         self.provenance: dict = {}
         self.config: dict | None = None  # the resolved config of the run (config.yaml), when the CLI wrote one
@@ -85,6 +88,10 @@ class RunSummaryCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.last_step = trainer.global_step  # after a resume, the restored step
+        self.checkpoint_step = trainer.global_step if trainer.ckpt_path else None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.checkpoint_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -130,6 +137,7 @@ class RunSummaryCallback(L.Callback):
         summary = {
             "finished": finished,
             "step": trainer.global_step,
+            "checkpoint_step": self.checkpoint_step,
             "tokens_seen": trainer.global_step * pl_module.tokens_per_step,
             "params": pl_module.model.num_params(),
             "non_embedding_params": pl_module.model.num_params(non_embedding=True),

@@ -28,6 +28,7 @@ packing are scored on the same tokens.
 
 import math
 import multiprocessing
+import signal
 from pathlib import Path
 from typing import Literal
 
@@ -172,6 +173,7 @@ class TokenDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if workers > 0 else None,
             multiprocessing_context=context if workers > 0 else None,
+            worker_init_fn=ignore_ctrl_c if workers > 0 else None,
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -334,6 +336,13 @@ def same_weights(a: dict[str, float], b: dict[str, float]) -> bool:
 
 def rounded(weights: dict[str, float]) -> dict[str, float]:
     return {name: round(weight, 4) for name, weight in weights.items()}
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """A worker ignores SIGINT: a terminal's Ctrl-C reaches every process of the job, and the main process decides
+    what it does (lm.callbacks.preemption: finish the step and save). A worker that died of it would leave the main
+    process waiting for its batches."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class MixtureLogger(Callback):

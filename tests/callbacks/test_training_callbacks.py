@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from lm.callbacks import HellaSwagCallback, RunSummaryCallback, SampleCallback, default_callbacks
@@ -114,6 +115,33 @@ def test_hellaswag_callback_logs_at_validation_with_gradient_accumulation(tmp_pa
     # val_check_interval (3) counts optimizer steps: validations at 3 and 6; HellaSwag at 3, not at 6 < 3 + 4.
     assert [(line["step"], "eval/hellaswag_acc_norm" in line) for line in val] == [(3, True), (6, False)]
     assert val[0]["eval/hellaswag_acc_norm"] * 3 == pytest.approx(round(val[0]["eval/hellaswag_acc_norm"] * 3))
+
+
+class WindowLosses(L.Callback):
+    """Each micro-batch's loss, computed apart from training (same weights, same batch), by optimizer step."""
+
+    def __init__(self):
+        self.by_step: dict[int, list[float]] = {}
+
+    @torch.no_grad()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        loss = pl_module.model(*batch).item()
+        self.by_step.setdefault(trainer.global_step + 1, []).append(loss)
+
+
+def test_train_loss_is_the_mean_over_the_accumulation_window(tmp_path):
+    windows = WindowLosses()
+    fit(tmp_path, [windows, RunSummaryCallback()], accumulate_grad_batches=4)
+    assert all(len(losses) == 4 for losses in windows.by_step.values())
+    train = [line for line in read_lines(tmp_path / "metrics.jsonl") if "train/loss" in line]
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    board = {event.step: event.value for event in events.Scalars("train/loss")}
+    assert [line["step"] for line in train] == [2, 4, 6] == sorted(board)
+    for line in train:
+        mean = sum(windows.by_step[line["step"]]) / 4
+        assert line["train/loss"] == pytest.approx(mean, rel=1e-6) != windows.by_step[line["step"]][-1]
+        assert board[line["step"]] == pytest.approx(mean, rel=1e-6)
 
 
 def test_peak_flops_table():

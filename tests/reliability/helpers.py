@@ -28,14 +28,30 @@ PERIODIC = ["--periodic_checkpoint.every_n_train_steps", "3"]
 
 
 class SignalAt(L.Callback):
-    """Sends this process SIGTERM as training micro-batch `micro_batch` (0-based) starts: a signal at a known point."""
+    """Sends this process SIGTERM as training micro-batch `micro_batch` (0-based) starts, or with `validation_at_step`
+    as the validation of that optimizer step starts its second batch: a signal at a known point."""
 
-    def __init__(self, micro_batch: int):
-        self.micro_batch = micro_batch
+    def __init__(self, micro_batch: int | None = None, validation_at_step: int | None = None):
+        self.micro_batch, self.validation_at_step = micro_batch, validation_at_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.micro_batch:
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.global_step == self.validation_at_step and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SlowSteps(L.Callback):
+    """Sleeps before each training micro-batch from optimizer step `from_step` on: time to send a second signal."""
+
+    def __init__(self, from_step: int, seconds: float):
+        self.from_step, self.seconds = from_step, seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.from_step:
+            time.sleep(self.seconds)
 
 
 def child_env() -> dict[str, str]:
@@ -45,11 +61,17 @@ def child_env() -> dict[str, str]:
 
 
 def start(args: list[str], log: Path, script: str | None = None, **env: str) -> subprocess.Popen:
-    """`python -m lm ARGS` (or `python SCRIPT ARGS`) in the background, output to `log`."""
+    """`python -m lm ARGS` (or `python SCRIPT ARGS`) in the background, output to `log`, in a process group of its
+    own (a terminal's Ctrl-C signals a whole group: os.killpg)."""
     command = [sys.executable, script] if script else [sys.executable, "-m", "lm"]
     with open(log, "wb") as out:
         return subprocess.Popen(
-            command + args, cwd=ROOT, env={**child_env(), **env}, stdout=out, stderr=subprocess.STDOUT
+            command + args,
+            cwd=ROOT,
+            env={**child_env(), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -64,11 +86,26 @@ def wait_until(condition, process: subprocess.Popen, log: Path, timeout: float =
         time.sleep(0.01)
 
 
+def exit_code(process: subprocess.Popen, log: Path, timeout: float = 120) -> int:
+    """The code `process` exits with; killed (with its process group) if it runs past `timeout` seconds."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"still running after {timeout} s:\n{log.read_text()[-3000:]}") from None
+
+
 def train_lines(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     text = path.read_text() if path.is_file() else ""
     lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]  # complete lines only
     return [line for line in lines if "train/loss" in line]
+
+
+def validations(run: Path) -> list[tuple[int, float]]:
+    """(step, val/loss) of every validation the run's sessions logged, in order."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], line["val/loss"]) for line in lines if "val/loss" in line]
 
 
 def losses(run: Path) -> dict[int, float]:

@@ -17,6 +17,7 @@ from tests.reliability.helpers import (
     run_config,
     start,
     train_lines,
+    validations,
     wait_until,
 )
 
@@ -121,6 +122,47 @@ def test_sigterm_inside_an_accumulation_window_resumes_exactly(workers, text_cor
     again, _ = run_config(tmp_path, text_corpus, "run", **settings)
     assert resume(again, run) == 2
     assert_same_run(run, reference)
+
+
+WINDOW_OF_STEP_4 = [12, 13, 14, 15]  # micro-batches (0-based) of the accumulation window that ends at optimizer step 4
+
+
+@pytest.fixture(scope="module")
+def validated_every_4_steps(text_corpus, tmp_path_factory):
+    """(settings, uninterrupted run) with accumulation 4, validating at optimizer steps 4 and 8."""
+    settings = {"trainer.max_steps": 8, "trainer.accumulate_grad_batches": 4, "trainer.val_check_interval": 4}
+    config, reference = run_config(tmp_path_factory.mktemp("validated"), text_corpus, "reference", **settings)
+    main(["fit", "--config", config])
+    assert [step for step, _ in validations(reference)] == [4, 8]
+    return settings, reference
+
+
+@pytest.mark.parametrize(
+    "signal_at",
+    [
+        *(pytest.param({"micro_batch": i}, marks=[pytest.mark.slow] * (i in (13, 14))) for i in WINDOW_OF_STEP_4),
+        {"validation_at_step": 4},
+    ],
+    ids=[f"micro-batch-{i}" for i in WINDOW_OF_STEP_4] + ["during-validation"],
+)
+def test_preemption_keeps_the_validation_of_its_step(signal_at, validated_every_4_steps, text_corpus, tmp_path):
+    """SIGTERM anywhere in the window of a step that validates, or in that validation: the validation runs (whole)
+    before the run stops, and the resumed run does not repeat it."""
+    settings, reference = validated_every_4_steps
+    signalled = [{"class_path": "tests.reliability.helpers.SignalAt", "init_args": signal_at}]
+    first, run = run_config(tmp_path, text_corpus, "run", **settings, **{"trainer.callbacks": signalled})
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", first])
+    assert exit_.value.code == EXIT_PREEMPTED
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert validations(run) == validations(reference)[:1]
+
+    again, _ = run_config(tmp_path, text_corpus, "run", **settings)
+    assert resume(again, run) == 4
+    assert validations(run) == validations(reference)
+    assert_same_run(run, reference)
+    best = [load_checkpoint(path / "checkpoints" / "best.ckpt")["global_step"] for path in (run, reference)]
+    assert best[0] == best[1]
 
 
 @pytest.mark.parametrize(
