@@ -539,11 +539,7 @@ def format_table(result: dict) -> str:
         "",
         f"Lightning overhead (lightning / pytorch step time - 1): {result['lightning_overhead']:+.1%} "
         f"({result['lightning_overhead_ms']:+.2f} ms per step)",
-        *(
-            [f"pytorch / reference step time - 1: {result['pytorch_vs_reference']:+.1%}"]
-            if result["pytorch_vs_reference"] is not None
-            else []
-        ),
+        f"pytorch / reference step time - 1: {result['pytorch_vs_reference']:+.1%}",
         "MFU = tokens/s × GPT.flops_per_token (6 × matmul weights + 12·L·H·Q·T) / peak dense bf16 FLOP/s "
         + (f"({peak / 1e12:.0f} TFLOP/s)" if peak else "(none: not a GPU with a bf16 peak in the table)"),
         f"host reads in the lightning row's timed steps: {reads['between_logging_steps']} between logging steps, "
