@@ -4,7 +4,7 @@ LM := $(PYTHON) -m lm
 STAMP := .venv-installed
 DEV_STAMP := .venv-installed-dev
 
-.PHONY: install install-dev demo cpt test test-slow lint format bench clean
+.PHONY: install install-dev demo cpt test test-slow lint format bench gpu-check clean
 
 # torch first, pinned, when it is missing: a bare `torch` requirement would pull the newest CUDA build.
 # GPU users: install your own torch build before `make` (see README); it is left alone.
@@ -64,6 +64,13 @@ BENCH_CONFIG ?= configs/bench/cpu.yaml
 BENCH_ARGS ?= --steps 10 --warmup 3 --repeats 3
 bench: $(STAMP)
 	$(LM) bench --config $(BENCH_CONFIG) $(BENCH_ARGS)
+
+# What only a GPU can show, in one command of under 8 minutes on one CUDA GPU (docs/performance.md, "GPU check"):
+# gpu-check.md and gpu-check.json in $OUT or runs/gpu-check. Its CPU dry run: make gpu-check GPU_CHECK_ARGS="--device
+# cpu --tiny". No install step: the GPU machine lent to this project cannot install (scripts/gpu-check.sh runs it there).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(LM) gpu-check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs/demo .pytest_cache $(STAMP) $(DEV_STAMP)

@@ -348,8 +348,18 @@ def reference_row(s: Settings, corpus: str, device: torch.device, warmup: int, s
     return train_plain(forward, parameters, optimizer, train_batches(corpus, s), s, device, warmup, steps)
 
 
-def bench(configs: list[str], s: Settings, steps: int = 20, warmup: int = 5, repeats: int = 1) -> dict:
-    """The three rows (medians over interleaved repeats) and Lightning's overhead, as one JSON-ready dict."""
+def speed(step_s: float, s: Settings, model: GPT, peak: float | None) -> tuple[float, float | None]:
+    """Tokens/s of a training step of `step_s` seconds, and its MFU where the GPU's peak FLOP/s is known."""
+    tokens_per_sec = s.batch_size * s.seq_len / step_s
+    return tokens_per_sec, tokens_per_sec * model.flops_per_token(s.seq_len) / peak if peak else None
+
+
+def bench(
+    configs: list[str], s: Settings, steps: int = 20, warmup: int = 5, repeats: int = 1, reference: bool = True
+) -> dict:
+    """The rows (medians over interleaved repeats) and Lightning's overhead, as one JSON-ready dict.
+
+    `reference=False` leaves the reference row out (`lm gpu-check` compares only our two paths)."""
     if steps < 1 or warmup < 1 or repeats < 1:
         raise UserError("--steps, --warmup and --repeats must be at least 1 (warm-up also absorbs compilation)")
     if s.seq_len > s.config.block_size:
@@ -358,7 +368,8 @@ def bench(configs: list[str], s: Settings, steps: int = 20, warmup: int = 5, rep
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     with torch.device("meta"):  # shapes only, for the parameter and FLOP counts
         ours, peer = GPT(s.config), GPT(reference_config(s.config))
-    timings: dict[str, list[Timing]] = {"lightning": [], "pytorch": [], "reference": []}
+    names = ("lightning", "pytorch", "reference") if reference else ("lightning", "pytorch")
+    timings: dict[str, list[Timing]] = {name: [] for name in names}
     reads, syncs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -372,19 +383,20 @@ def bench(configs: list[str], s: Settings, steps: int = 20, warmup: int = 5, rep
             syncs.append(cuda_syncs)
             free_memory(device)
             timings["pytorch"].append(our_plain_row(s, corpus, device, warmup, steps))
-            free_memory(device)
-            timings["reference"].append(reference_row(s, corpus, device, warmup, steps))
+            if reference:
+                free_memory(device)
+                timings["reference"].append(reference_row(s, corpus, device, warmup, steps))
         free_memory(device)
 
     def row(name: str, model: GPT) -> dict:
         step_s = statistics.median(t.step_s for t in timings[name])
-        tokens_per_sec = s.batch_size * s.seq_len / step_s
+        tokens_per_sec, mfu = speed(step_s, s, model, peak)
         memory = [t.peak_memory_gb for t in timings[name] if t.peak_memory_gb is not None]
         return {
             "name": name,
             "params": model.num_params(),
             "tokens_per_sec": tokens_per_sec,
-            "mfu": tokens_per_sec * model.flops_per_token(s.seq_len) / peak if peak else None,
+            "mfu": mfu,
             "step_ms": 1000 * step_s,
             "step_ms_each_repeat": [round(1000 * t.step_s, 3) for t in timings[name]],
             "warmup_s": statistics.median(t.warmup_s for t in timings[name]),
@@ -413,10 +425,10 @@ def bench(configs: list[str], s: Settings, steps: int = 20, warmup: int = 5, rep
         "warmup": warmup,
         "repeats": repeats,
         "data": "a corpus of random words, prepared for the benchmark",
-        "rows": [lightning, row("pytorch", ours), row("reference", peer)],
+        "rows": [lightning, row("pytorch", ours)] + ([row("reference", peer)] if reference else []),
         "lightning_overhead": paired("lightning", "pytorch", lambda a, b: a / b - 1),
         "lightning_overhead_ms": paired("lightning", "pytorch", lambda a, b: 1000 * (a - b)),
-        "pytorch_vs_reference": paired("pytorch", "reference", lambda a, b: a / b - 1),
+        "pytorch_vs_reference": paired("pytorch", "reference", lambda a, b: a / b - 1) if reference else None,
     }
 
 
@@ -469,9 +481,10 @@ def largest_batch(fits: Callable[[int], bool], limit: int = 4096) -> int:
     return low
 
 
-def find_max_batch(s: Settings) -> int:
-    """Largest micro-batch for which two training steps of our model (plain loop, config settings) fit on the GPU."""
-    device = torch.device("cuda")
+def find_max_batch(s: Settings, candidates: list[int] | None = None) -> int:
+    """Largest micro-batch for which two training steps of our model (plain loop, config settings) fit on the GPU:
+    searched from 1 up, or the largest of `candidates` that fits (0 if none does). On the CPU any size fits."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     free_memory(device)
     module = LanguageModel(config=s.config, **s.module_args).to(device)
     model = module.model
@@ -479,7 +492,7 @@ def find_max_batch(s: Settings) -> int:
     parameters, optimizer = list(model.parameters()), module.build_optimizer()
 
     def fits(batch_size: int) -> bool:
-        batches = iter(synthetic_batches(2, dataclasses.replace(s, batch_size=batch_size), pin=True))
+        batches = iter(synthetic_batches(2, dataclasses.replace(s, batch_size=batch_size), device.type == "cuda"))
         try:
             train_plain(forward, parameters, optimizer, batches, s, device, warmup=1, steps=1)
             return True
@@ -489,8 +502,11 @@ def find_max_batch(s: Settings) -> int:
             optimizer.zero_grad(set_to_none=True)
             del batches
             gc.collect()
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
+    if candidates:
+        return next((b for b in sorted(candidates, reverse=True) if fits(b)), 0)
     print(f"searching the largest micro-batch at seq_len {s.seq_len} ...")
     return largest_batch(fits)
 

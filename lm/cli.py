@@ -17,6 +17,7 @@ COMMANDS = {
     "export": "lm.interop.export",
     "plot": "lm.plot",
     "bench": "lm.bench",
+    "gpu-check": "lm.gpu_check",
     "experiment": "lm.experiment",
 }
 
