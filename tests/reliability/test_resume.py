@@ -125,12 +125,18 @@ def test_sigterm_inside_an_accumulation_window_resumes_exactly(workers, text_cor
 
 @pytest.mark.parametrize(
     "settings",
-    [{"model.optimizer": "muon", "model.muon_lr": 0.02}, {"data.packing": "bos_aligned"}],
-    ids=["muon", "bos_aligned"],
+    [
+        {"model.optimizer": "muon", "model.muon_lr": 0.02},
+        {"data.packing": "bos_aligned"},
+        # batch 64 tokens, 128 from step 4, 256 from step 6 (tests/test_batch_schedule.py); checkpoints at 3, 6, 9
+        {"model.batch_schedule": [[192, 128], [512, 256]], "trainer.val_check_interval": 8},
+    ],
+    ids=["muon", "bos_aligned", "batch_schedule"],
 )
 def test_kill_9_then_resume_matches_its_uninterrupted_run(settings, text_corpus, tmp_path):
     """Muon's momentum and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come back exactly from last.ckpt;
-    BOS-aligned rows continue from the samples consumed, as windows do."""
+    BOS-aligned rows continue from the samples consumed, as windows do; a batch schedule takes up the phase of the
+    restored step (its accumulation is a function of the step)."""
     config, reference = run_config(tmp_path, text_corpus, "reference", **settings)
     main(["fit", "--config", config, *PERIODIC])
 
