@@ -217,7 +217,9 @@ class LanguageModel(L.LightningModule):
                 self.trainer.val_check_interval *= self.trainer.accumulate_grad_batches
             self._resolve_budget()
         # A function, not a module: assigned to self it adds no second copy of the parameters to the state dict.
-        self.compiled_forward = torch.compile(self.model.forward) if self.hparams.compile else None
+        # Static shapes: each row length of data.seq_len_warmup compiles once (a few graphs), where dynamo's default
+        # would turn to one dynamic-shape graph, for the whole run, at the first new length.
+        self.compiled_forward = torch.compile(self.model.forward, dynamic=False) if self.hparams.compile else None
 
     def check_data(self, data):
         """One-line errors for data the model cannot take; lm.train calls it before the run directory is touched."""

@@ -19,7 +19,9 @@ def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(autouse=True)
 def fake_trainer(monkeypatch):
-    trainer = SimpleNamespace(max_steps=100, accumulate_grad_batches=1, world_size=1, precision="32-true")
+    trainer = SimpleNamespace(
+        max_steps=100, accumulate_grad_batches=1, world_size=1, precision="32-true", datamodule=None
+    )
     monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
 
 
