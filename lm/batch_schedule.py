@@ -44,8 +44,11 @@ class BatchSchedule:
         """
         self.micro_tokens = micro_tokens
         counts = [tokens for tokens, _ in points]
-        if any(b <= a for a, b in zip(counts, counts[1:])) or any(tokens < 0 for tokens in counts):
-            raise UserError(f"model.batch_schedule token counts must be ≥ 0 and increasing, got {counts}")
+        if any(b <= a for a, b in zip(counts, counts[1:])) or any(tokens <= 0 for tokens in counts):
+            raise UserError(
+                f"model.batch_schedule token counts must be positive and increasing, got {counts} (the first batch is "
+                "model.batch_tokens)"
+            )
         for _, batch in points:
             if batch <= 0 or batch % start_batch:
                 raise UserError(
@@ -56,13 +59,10 @@ class BatchSchedule:
         self.phases = [Phase(0, 0, start_batch)]
         for tokens, batch in points:
             last = self.phases[-1]
-            steps = max(math.ceil((tokens - last.tokens) / last.batch_tokens), 0)
+            steps = max(math.ceil((tokens - last.tokens) / last.batch_tokens), 0)  # 0: a point passed already
             while (last.tokens + steps * last.batch_tokens) % batch:  # at most batch / gcd(batch, last) - 1 more
                 steps += 1
-            if steps == 0:  # a point at the phase's own start replaces its batch
-                self.phases[-1] = Phase(last.step, last.tokens, batch)
-            else:
-                self.phases.append(Phase(last.step + steps, last.tokens + steps * last.batch_tokens, batch))
+            self.phases.append(Phase(last.step + steps, last.tokens + steps * last.batch_tokens, batch))
 
     def phase(self, step: int) -> Phase:
         return self.phases[bisect_right([p.step for p in self.phases], step) - 1]

@@ -34,14 +34,14 @@ def simulated(start: int, points, micro: int, steps: int) -> list[int]:
 
 @pytest.mark.parametrize(
     "start, points",
-    [(64, POINTS), (64, [[0, 128]]), (128, [[100, 384], [1000, 512], [1001, 1024]]), (192, [[500, 384]])],
+    [(64, POINTS), (64, [[1, 128]]), (128, [[100, 384], [1000, 512], [1001, 1024]]), (192, [[500, 384]])],
 )
 def test_phases_follow_the_micro_batch_rule(start, points):
     schedule = BatchSchedule(start, points, micro_tokens=64)
-    accumulations = simulated(start, points, 64, 40)
-    tokens = [64 * sum(accumulations[:step]) for step in range(41)]
-    assert [schedule.accumulation(step) for step in range(40)] == accumulations
-    assert [schedule.tokens_at(step) for step in range(41)] == tokens
+    accumulations = simulated(start, points, 64, 80)
+    tokens = [64 * sum(accumulations[:step]) for step in range(81)]
+    assert [schedule.accumulation(step) for step in range(80)] == accumulations
+    assert [schedule.tokens_at(step) for step in range(81)] == tokens
     for budget in (1, 63, 64, 65, 500, 1000, 2047, 5000):
         assert schedule.steps_for(budget) == next(step for step, seen in enumerate(tokens) if seen >= budget)
 
@@ -54,8 +54,10 @@ def test_the_hand_worked_schedule():
 
 
 def test_bad_schedules_are_refused_in_one_line():
-    with pytest.raises(UserError, match="token counts must be ≥ 0 and increasing"):
+    with pytest.raises(UserError, match="token counts must be positive and increasing"):
         BatchSchedule(64, [[512, 128], [256, 256]], 64)
+    with pytest.raises(UserError, match=r"positive .* \(the first batch is model.batch_tokens\)"):
+        BatchSchedule(64, [[0, 128]], 64)
     with pytest.raises(UserError, match=r"batch 96 is not a multiple of the first batch \(64 tokens"):
         BatchSchedule(64, [[512, 96]], 32)
 
@@ -122,10 +124,12 @@ def test_a_growing_batch_counts_tokens_data_and_validations_right(text_corpus, t
     assert train[-1]["lr"] == pytest.approx(3e-4)  # min_lr at the last step: the decay ran over the tokens
 
 
-def test_a_schedule_point_at_zero_is_plain_accumulation(text_corpus, tmp_path):
-    """The schedule's accumulation takes the same path as the trainer's: the same losses and weights, exactly."""
+def test_a_schedule_sets_accumulation_as_the_trainer_does(text_corpus, tmp_path):
+    """The schedule's accumulation (here batch_tokens 128, then a point past the run) takes the same path as
+    trainer.accumulate_grad_batches: the same losses and weights, exactly."""
     common = {"model.max_tokens": None, "trainer.max_steps": 4, "trainer.val_check_interval": 2}
-    scheduled = schedule_run(tmp_path, text_corpus, "scheduled", **common, **{"model.batch_schedule": [[0, 128]]})
+    schedule = {"model.batch_tokens": 128, "model.batch_schedule": [[1e9, 256]]}
+    scheduled = schedule_run(tmp_path, text_corpus, "scheduled", **common, **schedule)
     plain = schedule_run(
         tmp_path, text_corpus, "plain", **common, **{"model.batch_schedule": None, "trainer.accumulate_grad_batches": 2}
     )
