@@ -4,7 +4,8 @@ Design choices:
 - The Trainer owns precision, accumulation, clipping, devices and checkpointing; this module owns the
   model, the loss, the optimizer grouping and the LR schedule.
 - The budget may be given in tokens (or tokens per parameter, 20 = Chinchilla): steps follow from
-  micro-batch × seq_len × accumulation × world size, resolved in `setup` before any compute.
+  micro-batch × seq_len × accumulation × world size (under `batch_schedule`, from its phases: lm.batch_schedule),
+  resolved in `setup` before any compute.
 - Validation loss, perplexity and bits per byte are token-weighted sums reduced by torchmetrics, so they
   are exact under DDP (not a mean of per-rank means).
 - `init_from` starts from another checkpoint's weights (continued pretraining): architecture from the base,
