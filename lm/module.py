@@ -4,7 +4,8 @@ Design choices:
 - The Trainer owns precision, accumulation, clipping, devices and checkpointing; this module owns the
   model, the loss, the optimizer grouping and the LR schedule.
 - The budget may be given in tokens (or tokens per parameter, 20 = Chinchilla): steps follow from
-  micro-batch × seq_len × accumulation × world size, resolved in `setup` before any compute.
+  micro-batch × seq_len × accumulation × world size (under `batch_schedule`, from its phases: lm.batch_schedule),
+  resolved in `setup` before any compute.
 - Validation loss, perplexity and bits per byte are token-weighted sums reduced by torchmetrics, so they
   are exact under DDP (not a mean of per-rank means).
 - `init_from` starts from another checkpoint's weights (continued pretraining): architecture from the base,
@@ -23,6 +24,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from lm.batch_schedule import BatchSchedule
 from lm.checkpoint import config_and_weights, file_sha256, load_weights
 from lm.data.tokenizer import token_byte_lengths
 from lm.errors import UserError
@@ -68,6 +70,7 @@ class LanguageModel(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         decay_embeddings: bool = True,
         batch_tokens: int | None = None,
+        batch_schedule: list[tuple[float, int]] | None = None,
         max_tokens: float | None = None,
         tokens_per_param: float | None = None,
         max_flops: float | None = None,
@@ -98,6 +101,12 @@ class LanguageModel(L.LightningModule):
             decay_embeddings: Whether the token/position embeddings (and a tied output layer) are decayed too.
             batch_tokens: Global batch in tokens per optimizer step (e.g. 524288). Gradient accumulation follows from
                 it, the micro-batch, seq_len and the world size, so changing the GPU count keeps the optimisation.
+            batch_schedule: A batch that grows during training: (tokens seen, batch tokens) points, e.g.
+                [[1e8, 262144], [3e8, 524288]]; the run starts with batch_tokens (or the trainer's accumulation), and
+                each point's batch takes over at the first step at or after its tokens that is a multiple of the new
+                batch (lm/batch_schedule.py). The learning-rate schedule, an integer val_check_interval and
+                warmup_steps then count steps of the first batch, i.e. tokens: validation every val_check_interval ×
+                first batch tokens. None: one batch throughout.
             max_tokens: Training budget in tokens; sets trainer.max_steps. Exclusive with `tokens_per_param`.
             tokens_per_param: Training budget as a multiple of the parameter count (20 ≈ Chinchilla-optimal).
             max_flops: Training budget in FLOPs by the model's own count (GPT.flops_per_token at data.seq_len, which
@@ -153,7 +162,8 @@ class LanguageModel(L.LightningModule):
             load_weights(self.model, state, init_from)
         self.register_buffer("token_bytes", torch.from_numpy(token_byte_lengths()), persistent=False)
         self.val_metrics = torch.nn.ModuleDict()
-        self.tokens_per_step = 0  # resolved in setup()
+        self.tokens_per_step = 0  # resolved in setup(); with a batch_schedule, the first phase's
+        self.batch_phases: BatchSchedule | None = None  # resolved in setup() from batch_schedule
         self.checkpoint_step: int | None = None  # global step of the checkpoint these weights were restored from
         self.compiled_forward = None  # the training forward under torch.compile (setup, with `compile`)
         self.window_loss: tuple[int, torch.Tensor | None, int] = (-1, None, 0)  # (step, loss sum, micro-batches)
@@ -203,16 +213,20 @@ class LanguageModel(L.LightningModule):
             )
         if stage == "fit":
             self._resolve_accumulation(data)
+            micro_tokens = data.batch_size * data.seq_len * self.trainer.world_size
+            self.tokens_per_step = micro_tokens * self.trainer.accumulate_grad_batches
+            if self.hparams.batch_schedule:
+                self.batch_phases = BatchSchedule(self.tokens_per_step, self.hparams.batch_schedule, micro_tokens)
+                self._check_val_interval()
             if isinstance(self.trainer.val_check_interval, int):
-                # In lm an integer val_check_interval counts optimizer steps, whatever the accumulation, so a
-                # config validates at the same steps on any number of GPUs.
+                # In lm an integer val_check_interval counts optimizer steps (of the first batch, under a batch
+                # schedule), whatever the accumulation, so a config validates at the same steps on any number of GPUs.
                 self.trainer.val_check_interval *= self.trainer.accumulate_grad_batches
-            self.tokens_per_step = (
-                data.batch_size * data.seq_len * self.trainer.accumulate_grad_batches * self.trainer.world_size
-            )
             self._resolve_budget()
         # A function, not a module: assigned to self it adds no second copy of the parameters to the state dict.
-        self.compiled_forward = torch.compile(self.model.forward) if self.hparams.compile else None
+        # Static shapes: each row length of data.seq_len_warmup compiles once (a few graphs), where dynamo's default
+        # would turn to one dynamic-shape graph, for the whole run, at the first new length.
+        self.compiled_forward = torch.compile(self.model.forward, dynamic=False) if self.hparams.compile else None
 
     def check_data(self, data):
         """One-line errors for data the model cannot take; lm.train calls it before the run directory is touched."""
@@ -239,6 +253,25 @@ class LanguageModel(L.LightningModule):
             raise UserError("set either trainer.accumulate_grad_batches or model.batch_tokens, not both")
         self.trainer.accumulate_grad_batches = accumulate
 
+    def _check_val_interval(self):
+        interval, multiple = self.trainer.val_check_interval, self.batch_phases.validation_multiple()
+        if isinstance(interval, int) and interval % multiple:
+            raise UserError(
+                f"trainer.val_check_interval ({interval}) must be a multiple of {multiple} under model.batch_schedule: "
+                "it counts steps of the first batch, and validation must fall between two optimizer steps of every "
+                "later batch"
+            )
+
+    def tokens_seen(self, step: int) -> int:
+        """Tokens trained on in the first `step` optimizer steps (all ranks, all micro-batches)."""
+        return self.batch_phases.tokens_at(step) if self.batch_phases else step * self.tokens_per_step
+
+    def on_train_batch_start(self, batch, batch_idx):
+        """Under a batch schedule, the accumulation of the optimizer step this micro-batch belongs to (constant
+        within a step: global_step moves only when it ends)."""
+        if self.batch_phases:
+            self.trainer.accumulate_grad_batches = self.batch_phases.accumulation(self.global_step)
+
     def _resolve_budget(self):
         budget = self.hparams.max_tokens
         if self.hparams.tokens_per_param is not None:
@@ -251,24 +284,36 @@ class LanguageModel(L.LightningModule):
                     "set either trainer.max_steps or a token budget (model.max_tokens / "
                     "model.tokens_per_param / model.max_flops), not both"
                 )
-            self.trainer.fit_loop.max_steps = math.ceil(budget / self.tokens_per_step)
+            # the epoch loop's: the fit loop's max_steps is a read-only view of it (Lightning 2.6)
+            loop = self.trainer.fit_loop.epoch_loop
+            loop.max_steps = (
+                self.batch_phases.steps_for(budget) if self.batch_phases else math.ceil(budget / self.tokens_per_step)
+            )
         elif self.trainer.max_steps == -1:
             raise UserError(
                 "no training length: set trainer.max_steps or a budget (model.max_tokens / model.tokens_per_param / "
                 "model.max_flops)"
             )
         steps = self.trainer.max_steps
-        if self.hparams.lr_schedule == "wsd" and self.hparams.warmup_steps > steps - self.wsd_decay_steps():
+        end = self.lr_clock(steps)
+        if self.hparams.lr_schedule == "wsd" and self.hparams.warmup_steps > end - self.wsd_decay_steps():
             raise UserError(
                 f"model.warmup_steps ({self.hparams.warmup_steps}) runs into the WSD decay, which starts at step "
-                f"{steps - self.wsd_decay_steps()} (the last model.decay_fraction = {self.hparams.decay_fraction} of "
-                f"{steps} steps): lower warmup_steps or decay_fraction"
+                f"{end - self.wsd_decay_steps()} (the last model.decay_fraction = {self.hparams.decay_fraction} of "
+                f"{end} steps): lower warmup_steps or decay_fraction"
             )
+        if self.batch_phases:
+            rank_zero_info(
+                "batch schedule (first step, tokens seen, batch tokens): "
+                + ", ".join(f"({p.step:,}, {p.tokens:,}, {p.batch_tokens:,})" for p in self.batch_phases.phases)
+            )
+        tokens = self.tokens_seen(steps)
         rank_zero_info(
             f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step (accumulation "
-            f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}) = "
-            f"{steps * self.tokens_per_step:,.0f} tokens, {steps * self.tokens_per_step * self.flops_per_token():.3g} "
-            f"FLOPs; model {self.model.num_params():,} parameters "
+            f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}"
+            f"{', first batch of the schedule' if self.batch_phases else ''}) = "
+            f"{tokens:,.0f} tokens, {tokens * self.flops_per_token():.3g} FLOPs; "
+            f"model {self.model.num_params():,} parameters "
             f"({self.model.num_params(non_embedding=True):,} outside the embeddings and output layer)"
         )
 
@@ -326,7 +371,7 @@ class LanguageModel(L.LightningModule):
         on_device = lambda value: torch.full((), float(value), device=loss.device)
         # "step" is TensorBoard's x-axis (Lightning's logger takes a logged "step"): optimizer steps done once this one
         # is, as in metrics.jsonl and checkpoint names (Lightning's own x would be this step's 0-based index).
-        metrics = {"step": step, "train/tokens": step * self.tokens_per_step, **self.learning_rates()}
+        metrics = {"step": step, "train/tokens": self.tokens_seen(step), **self.learning_rates()}
         if self.hparams.z_loss:
             loss = loss.detach() - z_loss
             self.log("train/z_loss", z_loss)
@@ -370,8 +415,10 @@ class LanguageModel(L.LightningModule):
             metric.reset()
 
     def on_save_checkpoint(self, checkpoint: dict):
-        checkpoint["tokens_seen"] = self.global_step * self.tokens_per_step
+        checkpoint["tokens_seen"] = self.tokens_seen(self.global_step)
         checkpoint["tokens_per_step"] = self.tokens_per_step
+        if self.batch_phases:
+            checkpoint["batch_schedule"] = self.batch_phases.as_list()
         checkpoint["lineage"] = self.lineage
 
     def on_load_checkpoint(self, checkpoint: dict):
@@ -386,6 +433,14 @@ class LanguageModel(L.LightningModule):
                 f"{self.trainer.world_size}); schedule, budget and data position assume one global batch: set "
                 f"model.batch_tokens={saved} so accumulation adapts to this world size, or start a new run from "
                 "these weights with model.init_from"
+            )
+        phases = self.batch_phases.as_list() if self.batch_phases else None
+        if self.tokens_per_step and checkpoint.get("batch_schedule") != phases:
+            raise UserError(
+                f"the checkpoint's batch schedule (phases as [first step, tokens, batch tokens]: "
+                f"{checkpoint.get('batch_schedule')}) differs from this run's ({phases}): steps, tokens seen and the "
+                "data position would no longer agree; restore model.batch_schedule, or start a new run from these "
+                "weights with model.init_from"
             )
 
     # ---- optimizer and schedule ----------------------------------------------------------------------
@@ -436,8 +491,8 @@ class LanguageModel(L.LightningModule):
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warmup, then the chosen decay, which reaches
-        min_lr at the last step of the run (max_steps - 1)."""
-        hp, last = self.hparams, self.trainer.max_steps - 1
+        min_lr at the last step of the run (max_steps - 1). Steps are counted by `lr_clock`."""
+        hp, step, last = self.hparams, self.lr_clock(step), self.lr_clock(self.trainer.max_steps - 1)
         if step < hp.warmup_steps:
             return hp.lr * (step + 1) / hp.warmup_steps
         if hp.lr_schedule == "constant":
@@ -450,5 +505,11 @@ class LanguageModel(L.LightningModule):
         return hp.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (hp.lr - hp.min_lr)
 
     def wsd_decay_steps(self) -> int:
-        """Steps of the WSD decay: the last decay_fraction of the run, at least one."""
-        return max(int(self.hparams.decay_fraction * self.trainer.max_steps), 1)
+        """Steps of the WSD decay: the last decay_fraction of the run, at least one (steps of the first batch under a
+        batch schedule)."""
+        return max(int(self.hparams.decay_fraction * self.lr_clock(self.trainer.max_steps)), 1)
+
+    def lr_clock(self, step: int) -> int:
+        """The learning-rate schedule's count of the first `step` optimizer steps: `step` itself, or under a batch
+        schedule the steps of the first batch that see as many tokens, so warmup and decay follow tokens."""
+        return self.batch_phases.steps_of_first_batch(step) if self.batch_phases else step

@@ -28,3 +28,14 @@ def test_training_compiles_once_across_validation_checkpoints_resume_and_lr_chan
     main(["fit", "--config", config, "--ckpt_path", "last", *periodic])  # steps 5 and 6, another validation at 6
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert counters["frames"]["total"] == 1
+
+
+def test_a_seq_len_warmup_compiles_one_static_graph_per_length(text_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    settings = {"model.compile": True, "trainer.max_steps": 6, "data.seq_len_warmup": [[8, 256], [16, 512]]}
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run", **settings)  # 2 steps per length
+    torch._dynamo.reset()
+    counters.clear()
+    main(["fit", "--config", config])
+    # 3 static graphs; dynamo's automatic dynamic shapes would make 2: the first, then one dynamic for the rest
+    assert counters["stats"]["unique_graphs"] == 3 and not counters["graph_break"]

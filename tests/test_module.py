@@ -25,7 +25,9 @@ def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(autouse=True)
 def fake_trainer(monkeypatch):
-    trainer = SimpleNamespace(max_steps=100, accumulate_grad_batches=1, world_size=1, precision="32-true")
+    trainer = SimpleNamespace(
+        max_steps=100, accumulate_grad_batches=1, world_size=1, precision="32-true", datamodule=None
+    )
     monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
 
 
@@ -165,7 +167,7 @@ def test_a_flop_budget_sets_the_steps_from_the_models_own_count(monkeypatch):
     module = LanguageModel(config=tiny_config("modern"), max_flops=1e12, warmup_steps=0)
     data = SimpleNamespace(batch_size=2, seq_len=16)
     trainer = SimpleNamespace(max_steps=-1, accumulate_grad_batches=1, world_size=1, datamodule=data)
-    trainer.fit_loop = trainer
+    trainer.fit_loop = SimpleNamespace(epoch_loop=trainer)
     monkeypatch.setattr(LanguageModel, "trainer", trainer, raising=False)
     module.tokens_per_step = 32
     module._resolve_budget()

@@ -126,7 +126,7 @@ class RunSummaryCallback(L.Callback):
             self.write_summary(trainer, pl_module, finished=False)
 
     def append_line(self, trainer, pl_module, metrics: dict) -> dict:
-        line = {"step": trainer.global_step, "tokens": trainer.global_step * pl_module.tokens_per_step, **metrics}
+        line = {"step": trainer.global_step, "tokens": pl_module.tokens_seen(trainer.global_step), **metrics}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         return line
@@ -138,10 +138,10 @@ class RunSummaryCallback(L.Callback):
             "finished": finished,
             "step": trainer.global_step,
             "checkpoint_step": self.checkpoint_step,
-            "tokens_seen": trainer.global_step * pl_module.tokens_per_step,
+            "tokens_seen": pl_module.tokens_seen(trainer.global_step),
             "params": pl_module.model.num_params(),
             "non_embedding_params": pl_module.model.num_params(non_embedding=True),
-            "flops": trainer.global_step * pl_module.tokens_per_step * pl_module.flops_per_token(),  # spent
+            "flops": pl_module.tokens_seen(trainer.global_step) * pl_module.flops_per_token(),  # spent
             "best_val": self.best,
             "wall_time_s": round(self.wall_time(), 1),
             "mean_tokens_per_sec": total / count if count else None,

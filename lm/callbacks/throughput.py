@@ -3,7 +3,7 @@
 Design choices:
 - No per-step host-device sync: the clock is read (after one cuda synchronize) only at the trainer's
   logging steps (`trainer.log_every_n_steps`), where Lightning already waits for the logged loss, and the
-  tokens of the interval come from `pl_module.tokens_per_step` (global: all ranks, all micro-batches).
+  tokens of the interval come from `pl_module.tokens_seen` (global: all ranks, all micro-batches).
 - Validation time is left out of the interval; sample generation in callbacks is counted in.
 - MFU = (`GPT.flops_per_token`: 6 per matmul weight + 12·L·H·Q·T, PaLM appendix B) × tokens/s / (peak FLOP/s ×
   ranks). The peak comes from a small table of dense tensor-core numbers, in fp16 for 16-mixed runs and bf16
@@ -70,7 +70,7 @@ class ThroughputCallback(L.Callback):
         if step == self.step0 or step % trainer.log_every_n_steps:
             return
         now = synchronized_time(pl_module.device)
-        tokens_per_sec = (step - self.step0) * pl_module.tokens_per_step / (now - self.t0)
+        tokens_per_sec = (pl_module.tokens_seen(step) - pl_module.tokens_seen(self.step0)) / (now - self.t0)
         metrics = {"perf/tokens_per_sec": tokens_per_sec}
         if self.peak_flops:
             metrics["perf/mfu"] = tokens_per_sec * self.flops_per_token / self.peak_flops

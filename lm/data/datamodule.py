@@ -21,6 +21,12 @@ Packing. `packing: stream` (the default) serves windows cut from the stream of d
 (lm.data.packing). Both are numbered sample sources for the mixture, so order, ranks, workers, resume and schedule
 work the same; the share of tokens the rows use and crop is logged once and written to run_summary.json.
 
+Sequence-length warm-up. With `seq_len_warmup`, training micro-batches are cut into shorter rows while few tokens
+have been seen: each (batch_size, seq_len) window pair becomes (batch_size · seq_len / L, L) consecutive pieces, on
+the device, after the transfer (a view, no copy). The stream, the samples consumed and the tokens of a micro-batch
+stay exactly those of a run without warm-up, so the data position, resume, token budget and batch schedule are
+untouched; the row length is a function of the samples consumed, so a resumed run cuts as the uninterrupted one did.
+
 Validation. One loader per source (`source_names` order), the first `val_batches` batches of windows of its
 val split in file order: the same windows at every validation, whatever the packing, so runs with different
 packing are scored on the same tokens.
@@ -63,6 +69,7 @@ class TokenDataModule(LightningDataModule):
         multiprocessing_context: str | None = None,
         packing: Literal["stream", "bos_aligned"] = "stream",
         max_doc_tokens: int | None = None,
+        seq_len_warmup: list[tuple[int, float]] | None = None,
     ):
         """
         Args:
@@ -85,6 +92,10 @@ class TokenDataModule(LightningDataModule):
                 Validation reads stream windows either way.
             max_doc_tokens: With bos_aligned, crop documents to this many tokens (their leading <|endoftext|>
                 included) even where a row could hold more; None: seq_len + 1.
+            seq_len_warmup: Short training sequences first: (length, tokens) pairs, e.g. [[256, 1e8], [512, 2e8]]:
+                rows of 256 tokens until 1e8 tokens (all ranks) have been trained on, then 512 until 2e8, then seq_len.
+                Lengths increase and divide seq_len; a micro-batch keeps its batch_size × seq_len tokens (more, shorter
+                rows), cut from the same windows. Validation keeps seq_len. None: seq_len throughout.
         """
         super().__init__()
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
@@ -114,6 +125,15 @@ class TokenDataModule(LightningDataModule):
         self.val_batches, self.verify_checksums = val_batches, verify_checksums
         self.allow_mixture_change, self.multiprocessing_context = allow_mixture_change, multiprocessing_context
         self.packing, self.max_doc_tokens = packing, max_doc_tokens
+        self.seq_len_warmup = [(int(length), tokens) for length, tokens in seq_len_warmup or ()]
+        lengths, ends = [length for length, _ in self.seq_len_warmup], [tokens for _, tokens in self.seq_len_warmup]
+        if any(seq_len % length or length >= seq_len for length in lengths) or lengths != sorted(set(lengths)):
+            raise UserError(
+                f"data.seq_len_warmup lengths {lengths} must increase and each divide data.seq_len ({seq_len}) "
+                "(one window is cut into whole rows)"
+            )
+        if ends != sorted(set(ends)) or any(tokens <= 0 for tokens in ends):
+            raise UserError(f"data.seq_len_warmup token counts {ends} must be positive and increase")
         self.consumed_samples = 0  # global samples training has received (all ranks)
         self.repeated: set[str] = set()  # sources already warned about as being repeated
         self.train_windows: list[PackedWindows] | None = None
@@ -179,10 +199,18 @@ class TokenDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = self.trainer
         if trainer is not None and trainer.training:
+            length = self.row_length(self.consumed_samples)
             self.consumed_samples += self.batch_size * trainer.world_size
             # a new pass over the loader (next epoch, when limit_train_batches ends one) continues from here
             self.train_batches.start = self.consumed_samples
+            if length != self.seq_len:
+                batch = tuple(tokens.view(-1, length) for tokens in batch)
         return batch
+
+    def row_length(self, consumed_samples: int) -> int:
+        """Training row length once `consumed_samples` global samples have been trained on (seq_len_warmup)."""
+        tokens = consumed_samples * self.seq_len
+        return next((length for length, end in self.seq_len_warmup if tokens < end), self.seq_len)
 
     def mixture_stats(self) -> dict[str, float]:
         """`data/<source>/tokens` (input tokens consumed, all ranks), `/weight` (current) and `/epoch` (passes so far).

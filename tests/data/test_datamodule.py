@@ -162,6 +162,35 @@ def test_short_epochs_continue_the_stream(corpus, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.seen, reference, strict=True))
 
 
+def test_seq_len_warmup_cuts_the_same_windows_into_shorter_rows(corpus, tmp_path):
+    """Rows of 4 tokens for the first 2 micro-batches (2 × 4 × 16 = 128 tokens), 8 for the next 2, then SEQ: each
+    micro-batch is the plain run's, cut into consecutive pieces; the data position is the plain run's."""
+    warm, plain = Tiny(), Tiny()
+    dm = TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, num_workers=0, seq_len_warmup=[[4, 128], [8, 256]])
+    quiet_trainer(tmp_path / "warm", max_steps=6, limit_val_batches=0).fit(warm, dm)
+    whole = TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, num_workers=0)
+    quiet_trainer(tmp_path / "plain", max_steps=6, limit_val_batches=0).fit(plain, whole)
+    assert [tuple(x.shape) for x in warm.seen] == [(16, 4)] * 2 + [(8, 8)] * 2 + [(BATCH, SEQ)] * 2
+    for cut, whole in zip(warm.seen, plain.seen, strict=True):
+        length = cut.shape[1]
+        pieces = [whole[row, start : start + length] for row in range(BATCH) for start in range(0, SEQ, length)]
+        assert torch.equal(cut, torch.stack(pieces))
+    assert dm.consumed_samples == 6 * BATCH
+
+
+@pytest.mark.parametrize(
+    "warmup, match",
+    [
+        ([[5, 100]], "must increase and each divide data.seq_len"),
+        ([[8, 100], [4, 200]], "must increase"),
+        ([[4, 200], [8, 100]], "token counts .* must be positive and increase"),
+    ],
+)
+def test_bad_seq_len_warmups_are_refused_in_one_line(corpus, warmup, match):
+    with pytest.raises(UserError, match=match):
+        TokenDataModule(corpus, seq_len=SEQ, batch_size=BATCH, seq_len_warmup=warmup)
+
+
 def test_mixture_stats_follow_the_schedule(blend):
     schedule = Schedule({"fineweb-edu": 0, "dclm": 0, "finemath": 0, "cosmopedia": 1}, 0, 1000 * SEQ)
     dm = TokenDataModule(blend, None, schedule, seq_len=SEQ, batch_size=BATCH)
