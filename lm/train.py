@@ -23,6 +23,7 @@ from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
 from lm.callbacks.averaging import ExponentialMovingAverage
 from lm.callbacks.checkpointing import AtomicCheckpointIO, Checkpoint
 from lm.callbacks.diagnostics import TrainingDiagnostics
+from lm.callbacks.final_validation import FinalValidation
 from lm.callbacks.nonfinite import NonFiniteGuard
 from lm.callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
 from lm.callbacks.progress import StepProgressBar
@@ -238,7 +239,8 @@ def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
     """LightningCLI on `args`, with lm's default callbacks and any extra `callbacks` (the benchmark's timer)."""
     quiet_console()
     # PreemptionCheckpoint before RunSummaryCallback: on a preemption the summary is written after last.ckpt.
-    defaults = [MixtureLogger(), ThroughputCallback(), PreemptionCheckpoint(), RunSummaryCallback(), *callbacks]
+    defaults = [MixtureLogger(), ThroughputCallback(), FinalValidation(), PreemptionCheckpoint(), RunSummaryCallback()]
+    defaults += callbacks
     return LMCLI(
         LanguageModel,
         TokenDataModule,
