@@ -1,5 +1,6 @@
 """The experiment loop on the smoke experiment, end to end, in a tmp directory laid out like the repository."""
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -156,3 +157,31 @@ def test_a_variant_is_a_fit_command_that_continues_an_interrupted_run(tmp_path):
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.ckpt").touch()
     assert fit_args(spec, "v", run_dir, "b.ckpt") == [*fresh, "--ckpt_path", "last"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--variant", "modern"],
+        ["--variant=modern"],
+        ["--variant", "modern,classic"],
+        ["--variant", "modern", "--variant", "classic"],
+        ["--variant", "[modern, classic]"],
+    ],
+)
+def test_verify_takes_a_name_a_comma_separated_list_or_repeats(args, monkeypatch):
+    chosen = []
+
+    @functools.wraps(experiment.verify)
+    def verify(name, variant=None, **kwargs):
+        chosen.append(variant)
+
+    monkeypatch.setattr(experiment, "verify", verify)
+    main(["experiment", "verify", "smoke", *args])
+    assert chosen == [["modern", "classic"] if "classic" in " ".join(args) else ["modern"]]
+
+
+def test_verify_help_shows_how_to_name_variants(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "verify", "--help"])
+    assert "--variant a,b" in capsys.readouterr().out
