@@ -31,9 +31,25 @@ from lm.errors import UserError
 from lm.files import write_atomic
 from lm.module import LanguageModel
 
+HELP = (
+    "{what} More than 1,000 options follow: `python -m lm {command} --config X.yaml --print_config` prints "
+    "the resolved config instead (every key with its value), configs/ holds examples, README.md (Training, "
+    "The run directory, Troubleshooting) and docs/ explain them."
+)
+SUBCOMMANDS = {
+    "fit": "Train a model, or resume one with --ckpt_path last.",
+    "validate": "Val loss, ppl and bits-per-byte of a checkpoint (--ckpt_path) on the config's data.",
+    "test": "Not available: lm's prepared data has no test split; python -m lm validate measures the val split.",
+}
+
 
 class LMCLI(LightningCLI):
     """Adds the run-directory conventions: everything a run writes lives under trainer.default_root_dir."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's, without `predict` (LanguageModel has no predict_step: `generate` is lm's inference)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -113,6 +129,12 @@ class LMCLI(LightningCLI):
 
     def after_validate(self):
         self.write_results()
+
+    def before_test(self):
+        raise UserError(
+            "python -m lm test needs a test split, which lm's prepared data does not have (prepare writes train and "
+            "val): use python -m lm validate"
+        )
 
     def after_test(self):
         self.write_results()
@@ -219,5 +241,15 @@ def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
         save_config_callback=SaveRunConfig,
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, not LightningCLI's --optimizer
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "python -m lm", "exit_on_error": False},  # errors raise ArgumentError: one line in main
+        parser_kwargs={
+            "prog": "python -m lm",
+            "exit_on_error": False,  # errors raise ArgumentError: one line in main
+            **{  # `--help` of each: a short usage and where to look first, before the 1,000 options
+                command: {
+                    "usage": f"python -m lm {command} [--config X.yaml] [options]",
+                    "description": HELP.format(what=what, command=command),
+                }
+                for command, what in SUBCOMMANDS.items()
+            },
+        },
     )

@@ -82,3 +82,35 @@ def test_checkpoint_that_does_not_fit_the_config(text_corpus, tmp_path, capsys):
     message = error_line(capsys, ["fit", "--config", wider, "--model.init_from", str(run / "checkpoints/last.ckpt")])
     assert "n_embd" in message and "last.ckpt" in message
     assert not Path(tmp_path / "cpt").exists()
+
+
+EVERY_COMMAND = ["prepare", "fit", "validate", "test", "generate", "eval", "hellaswag", "export", "plot", "experiment"]
+EVERY_COMMAND += ["bench"]
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]])
+def test_the_command_list_names_every_command_on_one_line_each(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert [words[0] for words in lines] == EVERY_COMMAND
+    assert all(len(words) > 2 for words in lines)  # each with what it does
+    assert "predict" not in out
+
+
+def test_fit_help_begins_with_print_config_and_the_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    first = "\n".join(capsys.readouterr().out.splitlines()[:8])
+    assert "--print_config" in first and "README.md" in first
+
+
+def test_an_unknown_command_is_one_line(capsys):
+    assert error_line(capsys, ["trian"]) == "error: unknown command 'trian' (python -m lm lists the commands)"
+
+
+def test_test_command_says_there_is_no_test_split(text_corpus, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run")
+    message = error_line(capsys, ["test", "--config", config])
+    assert message.startswith("error:") and "validate" in message
