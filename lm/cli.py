@@ -5,6 +5,7 @@ fit / validate / test go through LightningCLI (lm/train.py); the other commands 
 """
 
 import importlib
+import re
 import sys
 from argparse import ArgumentError
 
@@ -24,6 +25,7 @@ COMMANDS = {  # name: (module, what it does)
     "experiment": ("lm.experiment", "run, report or verify an experiment of experiments/"),
     "bench": ("lm.bench", "tokens/s, MFU, memory: lm's fit vs a plain loop vs a reference"),
 }
+NEGATIVE_NUMBER = r"-(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?"
 USAGE = (
     "usage: python -m lm <command> [options]    (python -m lm <command> --help: its options)\n\ncommands:\n"
     + "".join(f"  {name:<11} {line}\n" for name, (_, line) in COMMANDS.items())
@@ -37,14 +39,27 @@ def one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if not line.strip().startswith(noise))
 
 
+def negative_values_joined(args: list[str]) -> list[str]:
+    """`--model.lr -1e-3` as `--model.lr=-1e-3`: argparse takes only -1 and -.5 for numbers, and reads any other
+    argument that starts with "-" (-1e-3, -1_000) as an option."""
+    joined: list[str] = []
+    for arg in args:
+        previous = joined[-1] if joined else ""
+        if previous.startswith("--") and "=" not in previous and re.fullmatch(NEGATIVE_NUMBER, arg):
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = negative_values_joined(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if args else 1)
     try:
         if args[0] in LIGHTNING or args[0].startswith("-"):  # LightningCLI's own options may come first
-            importlib.import_module("lm.train").main(argv)  # None: LightningCLI reads sys.argv itself
+            importlib.import_module("lm.train").main(args)
         elif args[0] in COMMANDS:
             importlib.import_module(COMMANDS[args[0]][0]).main(args[1:])
         else:

@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
@@ -29,7 +30,7 @@ from lm.checkpoint import load_checkpoint
 from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.errors import UserError
 from lm.files import write_atomic
-from lm.module import LanguageModel
+from lm.module import MUON_UNDER_FSDP, LanguageModel
 
 HELP = (
     "{what} More than 1,000 options follow: `python -m lm {command} --config X.yaml --print_config` prints "
@@ -98,6 +99,13 @@ class LMCLI(LightningCLI):
             config.weights_only = True  # also for --ckpt_path last/best/hpc, which Lightning resolves later
         if self.subcommand == "fit" and not config.ckpt_path:
             claim_run_dir(config)
+        if self.subcommand == "fit" and config.ckpt_path == "last" and checkpoint_to_resume(config) is None:
+            # The first start of a run that a requeue script resumes: Lightning would warn with a HINT about save_last.
+            rank_zero_info(f"no checkpoint in {checkpoint_dir(config)}: starting from scratch")
+            config.ckpt_path = None
+        strategy = config.trainer.strategy
+        if config.model.optimizer == "muon" and "fsdp" in str(getattr(strategy, "class_path", strategy)).lower():
+            raise UserError(MUON_UNDER_FSDP)  # before Lightning's own checks of the strategy (it needs GPUs)
 
     def instantiate_trainer(self, **kwargs):
         """The Trainer, with lm's defaults where the config leaves a choice open (and config.yaml keeps it open, so
@@ -164,15 +172,17 @@ def checkpoint_to_resume(config) -> Path | None:
         return None
     if config.ckpt_path != "last":
         return Path(config.ckpt_path)
-    run_dir = Path(config.trainer.default_root_dir or "runs/default")
-    found = Path(config.checkpoint.dirpath or run_dir / "checkpoints").glob("last*.ckpt")
+    found = checkpoint_dir(config).glob("last*.ckpt")
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def checkpoint_dir(config) -> Path:
+    return Path(config.checkpoint.dirpath or Path(config.trainer.default_root_dir or "runs/default") / "checkpoints")
 
 
 def claim_run_dir(config) -> None:
     """Refuse a fresh run in a directory that holds another one (before any compute), or clear it on --overwrite."""
-    run_dir = Path(config.trainer.default_root_dir or "runs/default")
-    ckpt_dir = Path(config.checkpoint.dirpath or run_dir / "checkpoints")
+    run_dir, ckpt_dir = Path(config.trainer.default_root_dir or "runs/default"), checkpoint_dir(config)
     found = sorted(ckpt_dir.glob("*.ckpt")) + [p for p in [run_dir / "metrics.jsonl"] if p.is_file()]
     if not found:
         return
