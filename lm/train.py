@@ -47,6 +47,8 @@ SUBCOMMANDS = {
 class LMCLI(LightningCLI):
     """Adds the run-directory conventions: everything a run writes lives under trainer.default_root_dir."""
 
+    print_results = True  # validate/test: lm's table of the results (config.verbose), not Lightning's
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's, without `predict` (LanguageModel has no predict_step: `generate` is lm's inference)."""
@@ -99,6 +101,10 @@ class LMCLI(LightningCLI):
             config.weights_only = True  # also for --ckpt_path last/best/hpc, which Lightning resolves later
         if self.subcommand == "fit" and not config.ckpt_path:
             claim_run_dir(config)
+        if self.subcommand in ("validate", "test"):
+            # Lightning's table has a column per val dataloader (one per source of a mixture), each holding the same
+            # mixture-wide values: write_results prints one column instead.
+            self.print_results, config.verbose = config.verbose, False
         if self.subcommand == "fit" and config.ckpt_path == "last" and checkpoint_to_resume(config) is None:
             # The first start of a run that a requeue script resumes: Lightning would warn with a HINT about save_last.
             rank_zero_info(f"no checkpoint in {checkpoint_dir(config)}: starting from scratch")
@@ -118,7 +124,9 @@ class LMCLI(LightningCLI):
             run_dir, sub_dir = Path(config.trainer.default_root_dir or "runs/default"), None
             if self.subcommand in ("validate", "test"):
                 run_dir, sub_dir = evaluation_dir(self.subcommand, config)
-            kwargs.setdefault("logger", TensorBoardLogger(save_dir=run_dir, name="", version="", sub_dir=sub_dir))
+            # No hp_metric: the tag Lightning adds for a metric lm never logs into it.
+            logger = TensorBoardLogger(save_dir=run_dir, name="", version="", sub_dir=sub_dir, default_hp_metric=False)
+            kwargs.setdefault("logger", logger)
         callbacks = config.trainer.callbacks or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -155,6 +163,9 @@ class LMCLI(LightningCLI):
             metrics = scalars(trainer.callback_metrics, keep=lambda name: name != "step")
             results = {"ckpt_path": config.ckpt_path, "step": self.model.checkpoint_step, "metrics": metrics}
             write_atomic(Path(trainer.log_dir) / "metrics.json", (json.dumps(results, indent=2) + "\n").encode())
+            if self.print_results:
+                width = max(map(len, metrics), default=0)
+                print("\n".join(f"{name:<{width}}  {value:.6g}" for name, value in metrics.items()))
 
     def check_inputs(self, stage: str) -> None:
         """Open and check the data against the model, and a resumed run's data against its checkpoint, before the
@@ -247,7 +258,9 @@ def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
         LanguageModel,
         TokenDataModule,
         args=args,
-        trainer_defaults={"callbacks": defaults},
+        # No model summary: its FLOPs column is 0 without an example input (and it warns under 16-mixed); the
+        # module prints the parameter count and token budget instead.
+        trainer_defaults={"callbacks": defaults, "enable_model_summary": False},
         save_config_callback=SaveRunConfig,
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, not LightningCLI's --optimizer
         save_config_kwargs={"overwrite": True},

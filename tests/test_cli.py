@@ -1,9 +1,13 @@
 """End to end through `python -m lm` (in process): fit a tiny model on real text, validate, reload."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lm.checkpoint import load_model
 from lm.cli import main
@@ -114,3 +118,24 @@ def test_test_command_says_there_is_no_test_split(text_corpus, tmp_path, capsys)
     config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run")
     message = error_line(capsys, ["test", "--config", config])
     assert message.startswith("error:") and "validate" in message
+
+
+def test_a_normal_fit_and_validate_print_no_warning(text_corpus, tmp_path, capfd):
+    """A run with the progress bar and a two-source mixture: nothing on the console warns about Lightning's or
+    torch's internals (model summary FLOPs, hp_metric, weights_only, per-dataloader result columns)."""
+    run = tmp_path / "run"
+    sources = json.dumps({"a": text_corpus, "b": text_corpus})
+    settings = {"trainer.enable_progress_bar": True, "data.num_workers": 1}
+    config = write_config(tmp_path / "run.yaml", text_corpus, run, **settings)
+    without_summary = yaml.safe_load(Path(config).read_text())
+    del without_summary["trainer"]["enable_model_summary"]  # lm's default
+    Path(config).write_text(yaml.safe_dump(without_summary))
+    main(["fit", "--config", config, "--data.sources", sources])
+    main(["validate", "--config", config, "--data.sources", sources, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
+    console = capfd.readouterr()
+    text = console.out + console.err
+    noise = [line for line in text.splitlines() if re.search(r"warn|FLOPs|┃.*DataLoader|weights_only|HINT", line, re.I)]
+    assert noise == []
+    assert re.search(r"^val/loss +\d", console.out, re.M) and "val/a/loss" in console.out
+    tags = EventAccumulator(str(run)).Reload().Tags()["scalars"]
+    assert "val/loss" in tags and "hp_metric" not in tags
