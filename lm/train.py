@@ -10,6 +10,7 @@ that reruns it.
 
 import json
 import logging
+import uuid
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
@@ -60,6 +61,13 @@ class LMCLI(LightningCLI):
         parser.add_lightning_class_args(Checkpoint, "periodic_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(SampleCallback, "samples")  # --samples.every_n_steps, --samples.prompts ...
+        parser.add_argument(
+            "--wandb_project",
+            type=str | None,
+            default=None,
+            help="fit: also log to Weights & Biases, into this project, beside TensorBoard (pip install -e "
+            "'.[wandb]'; WANDB_MODE=offline needs no network). A resumed run continues the same W&B run.",
+        )
         parser.add_argument(
             "--overwrite",
             type=bool,
@@ -126,7 +134,8 @@ class LMCLI(LightningCLI):
                 run_dir, sub_dir = evaluation_dir(self.subcommand, config)
             # No hp_metric: the tag Lightning adds for a metric lm never logs into it.
             logger = TensorBoardLogger(save_dir=run_dir, name="", version="", sub_dir=sub_dir, default_hp_metric=False)
-            kwargs.setdefault("logger", logger)
+            wandb = wandb_logger(config, run_dir) if self.subcommand == "fit" and config.wandb_project else None
+            kwargs.setdefault("logger", [logger, wandb] if wandb else logger)
         callbacks = config.trainer.callbacks or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -139,6 +148,17 @@ class LMCLI(LightningCLI):
 
     def before_fit(self):
         self.check_inputs("fit")
+
+    def after_fit(self):
+        """The run's summary (run_summary.json) into the W&B run's summary, beside its last metrics; then the W&B run
+        ends (a process that fits again, as the tests do, starts or resumes another)."""
+        wandb = next((lg for lg in self.trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
+        if wandb is None or not self.trainer.is_global_zero:
+            return
+        summary = Path(self.trainer.default_root_dir) / "run_summary.json"
+        if summary.is_file():
+            wandb.experiment.summary.update({"run_summary": json.loads(summary.read_text())})
+        wandb.experiment.finish()
 
     def before_validate(self):
         self.check_inputs("validate")
@@ -203,8 +223,34 @@ def claim_run_dir(config) -> None:
             "trainer.default_root_dir, or pass --overwrite true to replace it"
         )
     old = [*ckpt_dir.glob("*.ckpt*"), *run_dir.glob("events.out.tfevents.*")]
-    for path in old + [run_dir / name for name in ("metrics.jsonl", "run_summary.json", "hparams.yaml")]:
+    for path in old + [run_dir / name for name in ("metrics.jsonl", "run_summary.json", "hparams.yaml", WANDB_ID)]:
         path.unlink(missing_ok=True)
+
+
+WANDB_ID = "wandb_id"  # in the run directory: the W&B run a resumed fit continues
+
+
+def wandb_logger(config, run_dir: Path):
+    """Lightning's WandbLogger for fit (beside TensorBoard: the same metrics at the same steps), with the run's config;
+    its W&B run id is kept in <run>/wandb_id, so a resume (--ckpt_path last) continues that W&B run."""
+    try:
+        import wandb  # noqa: F401  (WandbLogger imports it only once the run starts: fail here, before any work)
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:
+        raise UserError('--wandb_project needs wandb: pip install -e ".[wandb]" (or pip install wandb)') from None
+    id_file = run_dir / WANDB_ID
+    if not id_file.is_file() and rank_zero_only.rank == 0:  # other ranks log nothing to W&B
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(id_file, uuid.uuid4().hex[:8].encode())  # a W&B run id: 8 lowercase letters and digits
+    run_config = {key: value for key, value in config.as_dict().items() if key not in ("ckpt_path", "overwrite")}
+    return WandbLogger(
+        project=config.wandb_project,
+        name=run_dir.name,
+        id=id_file.read_text().strip() if id_file.is_file() else None,
+        resume="allow",
+        save_dir=str(run_dir),
+        config=run_config,
+    )
 
 
 def evaluation_dir(subcommand: str, config) -> tuple[Path, str]:
