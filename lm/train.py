@@ -117,8 +117,8 @@ class LMCLI(LightningCLI):
             # The first start of a run that a requeue script resumes: Lightning would warn with a HINT about save_last.
             rank_zero_info(f"no checkpoint in {checkpoint_dir(config)}: starting from scratch")
             config.ckpt_path = None
-        strategy = config.trainer.strategy
-        if config.model.optimizer == "muon" and "fsdp" in str(getattr(strategy, "class_path", strategy)).lower():
+        strategy = str(getattr(config.trainer.strategy, "class_path", config.trainer.strategy)).lower()
+        if self.subcommand == "fit" and config.model.optimizer == "muon" and "fsdp" in strategy:
             raise UserError(MUON_UNDER_FSDP)  # before Lightning's own checks of the strategy (it needs GPUs)
 
     def instantiate_trainer(self, **kwargs):
