@@ -285,6 +285,7 @@ def fit_args(configs: list[str], s: Settings, corpus: str, run_dir: Path, device
         "--trainer.accumulate_grad_batches=1",
         "--trainer.limit_val_batches=0",
         "--trainer.num_sanity_val_steps=0",
+        "--checkpoint.monitor=null",  # no validation, so no val/loss: the checkpoint at the end is the latest state
         f"--trainer.default_root_dir={run_dir}",
         "--model.batch_tokens=null",
         "--model.max_tokens=null",

@@ -32,8 +32,11 @@ def load_checkpoint(path: str | Path) -> dict:
             f"refusing to load {path}: it needs pickle to rebuild arbitrary objects, which could run code "
             f"({str(err).splitlines()[0][:200]})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint): {err}") from None
+    except (RuntimeError, EOFError, OSError):
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        reason = "truncated or corrupt (an interrupted copy?)" if zipped else "not a torch checkpoint"
+        raise UserError(f"cannot read checkpoint {path}: {reason}; use another one") from None
 
 
 def config_and_weights(

@@ -567,7 +567,8 @@ def verify(
 
     Args:
         name: The experiment: a folder experiments/<name>/ holding experiment.yaml and results.json.
-        variant: Variants to rerun (default: all); a variant that starts from another variant reruns that one too.
+        variant: Variants to rerun (default: all): `--variant a`, `--variant a,b` or `--variant a --variant b`; a
+            variant that starts from another variant reruns that one too.
         runs_root: Scratch runs go to <runs_root>/<name>/<variant>/, replaced on every verify.
         tolerance: Largest difference of best val loss (nats) accepted in another environment.
     """
@@ -615,5 +616,20 @@ def verify(
         raise UserError(f"{name}: {', '.join(failed)} differ from {path} beyond the tolerance (table above)")
 
 
+def gather_variants(argv: list[str]) -> list[str]:
+    """Every `--variant` as one list, the form jsonargparse takes (`--variant=["a", "b"]`): from a bare name, a
+    comma-separated list (or a YAML one) and repeats, which jsonargparse alone refuses or overwrites."""
+    rest, variants = [], []
+    args = iter(argv)
+    for arg in args:
+        option, equals, value = arg.partition("=")
+        if option != "--variant":
+            rest.append(arg)
+            continue
+        value = value if equals else next(args, "")
+        variants += [name.strip() for name in value.strip("[]").split(",") if name.strip()]
+    return rest + ([f"--variant={json.dumps(variants)}"] if variants else [])
+
+
 def main(argv: list[str]) -> None:
-    CLI([run, report, verify], args=argv, prog="python -m lm experiment")
+    CLI([run, report, verify], args=gather_variants(argv), prog="python -m lm experiment")

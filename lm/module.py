@@ -32,6 +32,11 @@ from lm.model import GPT, ModelConfig
 from lm.model.gpt import LOSS_CHUNK_TOKENS
 from lm.optim import MuonAdamW
 
+MUON_UNDER_FSDP = (
+    "model.optimizer: muon cannot run under FSDP, where each rank holds a shard of every weight matrix and Muon "
+    "orthogonalizes whole matrices: use DDP (configs/trainer/ddp.yaml) or model.optimizer: adamw"
+)
+
 
 class NextTokenLoss(torchmetrics.Metric):
     """Sums of loss (nats), target tokens and their UTF-8 bytes; `compute` gives loss, ppl and bpb."""
@@ -207,10 +212,7 @@ class LanguageModel(L.LightningModule):
             names = getattr(data, "source_names", ["data"])
             self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
         if stage == "fit" and self.hparams.optimizer == "muon" and isinstance(self.trainer.strategy, FSDPStrategy):
-            raise UserError(
-                "model.optimizer: muon cannot run under FSDP, where each rank holds a shard of every weight matrix and "
-                "Muon orthogonalizes whole matrices: use DDP (configs/trainer/ddp.yaml) or model.optimizer: adamw"
-            )
+            raise UserError(MUON_UNDER_FSDP)
         if stage == "fit":
             self._resolve_accumulation(data)
             micro_tokens = data.batch_size * data.seq_len * self.trainer.world_size

@@ -10,6 +10,7 @@ that reruns it.
 
 import json
 import logging
+import uuid
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm.callbacks import RunSummaryCallback, SampleCallback, ThroughputCallback
@@ -33,11 +35,29 @@ from lm.checkpoint import Weights, load_checkpoint
 from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.errors import UserError
 from lm.files import write_atomic
-from lm.module import LanguageModel
+from lm.module import MUON_UNDER_FSDP, LanguageModel
+
+HELP = (
+    "{what} More than 1,000 options follow: `python -m lm {command} --config X.yaml --print_config` prints "
+    "the resolved config instead (every key with its value), configs/ holds examples, README.md (Training, "
+    "The run directory, Troubleshooting) and docs/ explain them."
+)
+SUBCOMMANDS = {
+    "fit": "Train a model, or resume one with --ckpt_path last.",
+    "validate": "Val loss, ppl and bits-per-byte of a checkpoint (--ckpt_path) on the config's data.",
+    "test": "Not available: lm's prepared data has no test split; python -m lm validate measures the val split.",
+}
 
 
 class LMCLI(LightningCLI):
     """Adds the run-directory conventions: everything a run writes lives under trainer.default_root_dir."""
+
+    print_results = True  # validate/test: lm's table of the results (config.verbose), not Lightning's
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's, without `predict` (LanguageModel has no predict_step: `generate` is lm's inference)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -49,6 +69,13 @@ class LMCLI(LightningCLI):
         parser.add_lightning_class_args(ExponentialMovingAverage, "ema")  # off unless --ema.start_step is set
         parser.add_lightning_class_args(TrainingDiagnostics, "diagnostics")  # --diagnostics.enabled true
         parser.add_lightning_class_args(SampleCallback, "samples")  # --samples.every_n_steps, --samples.prompts ...
+        parser.add_argument(
+            "--wandb_project",
+            type=str | None,
+            default=None,
+            help="fit: also log to Weights & Biases, into this project, beside TensorBoard (pip install -e "
+            "'.[wandb]'; WANDB_MODE=offline needs no network). A resumed run continues the same W&B run.",
+        )
         parser.add_argument(
             "--overwrite",
             type=bool,
@@ -98,6 +125,17 @@ class LMCLI(LightningCLI):
             config.weights_only = True  # also for --ckpt_path last/best/hpc, which Lightning resolves later
         if self.subcommand == "fit" and not config.ckpt_path:
             claim_run_dir(config)
+        if self.subcommand in ("validate", "test"):
+            # Lightning's table has a column per val dataloader (one per source of a mixture), each holding the same
+            # mixture-wide values: write_results prints one column instead.
+            self.print_results, config.verbose = config.verbose, False
+        if self.subcommand == "fit" and config.ckpt_path == "last" and checkpoint_to_resume(config) is None:
+            # The first start of a run that a requeue script resumes: Lightning would warn with a HINT about save_last.
+            rank_zero_info(f"no checkpoint in {checkpoint_dir(config)}: starting from scratch")
+            config.ckpt_path = None
+        strategy = str(getattr(config.trainer.strategy, "class_path", config.trainer.strategy)).lower()
+        if self.subcommand == "fit" and config.model.optimizer == "muon" and "fsdp" in strategy:
+            raise UserError(MUON_UNDER_FSDP)  # before Lightning's own checks of the strategy (it needs GPUs)
 
     def instantiate_trainer(self, **kwargs):
         """The Trainer, with lm's defaults where the config leaves a choice open (and config.yaml keeps it open, so
@@ -110,7 +148,10 @@ class LMCLI(LightningCLI):
             run_dir, sub_dir = Path(config.trainer.default_root_dir or "runs/default"), None
             if self.subcommand in ("validate", "test"):
                 run_dir, sub_dir = evaluation_dir(self.subcommand, config)
-            kwargs.setdefault("logger", TensorBoardLogger(save_dir=run_dir, name="", version="", sub_dir=sub_dir))
+            # No hp_metric: the tag Lightning adds for a metric lm never logs into it.
+            logger = TensorBoardLogger(save_dir=run_dir, name="", version="", sub_dir=sub_dir, default_hp_metric=False)
+            wandb = wandb_logger(config, run_dir) if self.subcommand == "fit" and config.wandb_project else None
+            kwargs.setdefault("logger", [logger, wandb] if wandb else logger)
         callbacks = config.trainer.callbacks or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -133,11 +174,28 @@ class LMCLI(LightningCLI):
     def before_fit(self):
         self.check_inputs("fit")
 
+    def after_fit(self):
+        """The run's summary (run_summary.json) into the W&B run's summary, beside its last metrics; then the W&B run
+        ends (a process that fits again, as the tests do, starts or resumes another)."""
+        wandb = next((lg for lg in self.trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
+        if wandb is None or not self.trainer.is_global_zero:
+            return
+        summary = Path(self.trainer.default_root_dir) / "run_summary.json"
+        if summary.is_file():
+            wandb.experiment.summary.update({"run_summary": json.loads(summary.read_text())})
+        wandb.experiment.finish()
+
     def before_validate(self):
         self.check_inputs("validate")
 
     def after_validate(self):
         self.write_results()
+
+    def before_test(self):
+        raise UserError(
+            "python -m lm test needs a test split, which lm's prepared data does not have (prepare writes train and "
+            "val): use python -m lm validate"
+        )
 
     def after_test(self):
         self.write_results()
@@ -150,6 +208,9 @@ class LMCLI(LightningCLI):
             metrics = scalars(trainer.callback_metrics, keep=lambda name: name != "step")
             results = {"ckpt_path": config.ckpt_path, "step": self.model.checkpoint_step, "metrics": metrics}
             write_atomic(Path(trainer.log_dir) / "metrics.json", (json.dumps(results, indent=2) + "\n").encode())
+            if self.print_results:
+                width = max(map(len, metrics), default=0)
+                print("\n".join(f"{name:<{width}}  {value:.6g}" for name, value in metrics.items()))
 
     def check_inputs(self, stage: str) -> None:
         """Open and check the data against the model, and a resumed run's data against its checkpoint, before the
@@ -167,15 +228,17 @@ def checkpoint_to_resume(config) -> Path | None:
         return None
     if config.ckpt_path != "last":
         return Path(config.ckpt_path)
-    run_dir = Path(config.trainer.default_root_dir or "runs/default")
-    found = Path(config.checkpoint.dirpath or run_dir / "checkpoints").glob("last*.ckpt")
+    found = checkpoint_dir(config).glob("last*.ckpt")
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def checkpoint_dir(config) -> Path:
+    return Path(config.checkpoint.dirpath or Path(config.trainer.default_root_dir or "runs/default") / "checkpoints")
 
 
 def claim_run_dir(config) -> None:
     """Refuse a fresh run in a directory that holds another one (before any compute), or clear it on --overwrite."""
-    run_dir = Path(config.trainer.default_root_dir or "runs/default")
-    ckpt_dir = Path(config.checkpoint.dirpath or run_dir / "checkpoints")
+    run_dir, ckpt_dir = Path(config.trainer.default_root_dir or "runs/default"), checkpoint_dir(config)
     found = sorted(ckpt_dir.glob("*.ckpt")) + [p for p in [run_dir / "metrics.jsonl"] if p.is_file()]
     if not found:
         return
@@ -185,8 +248,34 @@ def claim_run_dir(config) -> None:
             "trainer.default_root_dir, or pass --overwrite true to replace it"
         )
     old = [*ckpt_dir.glob("*.ckpt*"), *run_dir.glob("events.out.tfevents.*")]
-    for path in old + [run_dir / name for name in ("metrics.jsonl", "run_summary.json", "hparams.yaml")]:
+    for path in old + [run_dir / name for name in ("metrics.jsonl", "run_summary.json", "hparams.yaml", WANDB_ID)]:
         path.unlink(missing_ok=True)
+
+
+WANDB_ID = "wandb_id"  # in the run directory: the W&B run a resumed fit continues
+
+
+def wandb_logger(config, run_dir: Path):
+    """Lightning's WandbLogger for fit (beside TensorBoard: the same metrics at the same steps), with the run's config;
+    its W&B run id is kept in <run>/wandb_id, so a resume (--ckpt_path last) continues that W&B run."""
+    try:
+        import wandb  # noqa: F401  (WandbLogger imports it only once the run starts: fail here, before any work)
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:
+        raise UserError('--wandb_project needs wandb: pip install -e ".[wandb]" (or pip install wandb)') from None
+    id_file = run_dir / WANDB_ID
+    if not id_file.is_file() and rank_zero_only.rank == 0:  # other ranks log nothing to W&B
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(id_file, uuid.uuid4().hex[:8].encode())  # a W&B run id: 8 lowercase letters and digits
+    run_config = {key: value for key, value in config.as_dict().items() if key not in ("ckpt_path", "overwrite")}
+    return WandbLogger(
+        project=config.wandb_project,
+        name=run_dir.name,
+        id=id_file.read_text().strip() if id_file.is_file() else None,
+        resume="allow",
+        save_dir=str(run_dir),
+        config=run_config,
+    )
 
 
 def evaluation_dir(subcommand: str, config) -> tuple[Path, str]:
@@ -245,9 +334,21 @@ def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
         LanguageModel,
         TokenDataModule,
         args=args,
-        trainer_defaults={"callbacks": defaults},
+        # No model summary: its FLOPs column is 0 without an example input (and it warns under 16-mixed); the
+        # module prints the parameter count and token budget instead.
+        trainer_defaults={"callbacks": defaults, "enable_model_summary": False},
         save_config_callback=SaveRunConfig,
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, not LightningCLI's --optimizer
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "python -m lm", "exit_on_error": False},  # errors raise ArgumentError: one line in main
+        parser_kwargs={
+            "prog": "python -m lm",
+            "exit_on_error": False,  # errors raise ArgumentError: one line in main
+            **{  # `--help` of each: a short usage and where to look first, before the 1,000 options
+                command: {
+                    "usage": f"python -m lm {command} [--config X.yaml] [options]",
+                    "description": HELP.format(what=what, command=command),
+                }
+                for command, what in SUBCOMMANDS.items()
+            },
+        },
     )

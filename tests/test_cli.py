@@ -1,10 +1,13 @@
 """End to end through `python -m lm` (in process): fit a tiny model on real text, validate, reload."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lm.checkpoint import load_checkpoint, load_model
 from lm.cli import main
@@ -99,3 +102,56 @@ def test_checkpoint_that_does_not_fit_the_config(text_corpus, tmp_path, capsys):
     message = error_line(capsys, ["fit", "--config", wider, "--model.init_from", str(run / "checkpoints/last.ckpt")])
     assert "n_embd" in message and "last.ckpt" in message
     assert not Path(tmp_path / "cpt").exists()
+
+
+EVERY_COMMAND = ["prepare", "fit", "validate", "test", "generate", "eval", "hellaswag", "export", "plot", "experiment"]
+EVERY_COMMAND += ["bench"]
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]])
+def test_the_command_list_names_every_command_on_one_line_each(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert [words[0] for words in lines] == EVERY_COMMAND
+    assert all(len(words) > 2 for words in lines)  # each with what it does
+    assert "predict" not in out
+
+
+def test_fit_help_begins_with_print_config_and_the_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    first = "\n".join(capsys.readouterr().out.splitlines()[:8])
+    assert "--print_config" in first and "README.md" in first
+
+
+def test_an_unknown_command_is_one_line(capsys):
+    assert error_line(capsys, ["trian"]) == "error: unknown command 'trian' (python -m lm lists the commands)"
+
+
+def test_test_command_says_there_is_no_test_split(text_corpus, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run")
+    message = error_line(capsys, ["test", "--config", config])
+    assert message.startswith("error:") and "validate" in message
+
+
+def test_a_normal_fit_and_validate_print_no_warning(text_corpus, tmp_path, capfd):
+    """A run with the progress bar and a two-source mixture: nothing on the console warns about Lightning's or
+    torch's internals (model summary FLOPs, hp_metric, weights_only, per-dataloader result columns)."""
+    run = tmp_path / "run"
+    sources = json.dumps({"a": text_corpus, "b": text_corpus})
+    settings = {"trainer.enable_progress_bar": True, "data.num_workers": 1}
+    config = write_config(tmp_path / "run.yaml", text_corpus, run, **settings)
+    without_summary = yaml.safe_load(Path(config).read_text())
+    del without_summary["trainer"]["enable_model_summary"]  # lm's default
+    Path(config).write_text(yaml.safe_dump(without_summary))
+    main(["fit", "--config", config, "--data.sources", sources])
+    main(["validate", "--config", config, "--data.sources", sources, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
+    console = capfd.readouterr()
+    text = console.out + console.err
+    noise = [line for line in text.splitlines() if re.search(r"warn|FLOPs|┃.*DataLoader|weights_only|HINT", line, re.I)]
+    assert noise == []
+    assert re.search(r"^val/loss +\d", console.out, re.M) and "val/a/loss" in console.out
+    tags = EventAccumulator(str(run)).Reload().Tags()["scalars"]
+    assert "val/loss" in tags and "hp_metric" not in tags

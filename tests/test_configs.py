@@ -1,5 +1,7 @@
 """Every YAML in configs/ parses through the real CLI, so shipped configs never rot."""
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,45 @@ def test_seed_run_e_moves_its_mixture_gradually_and_keeps_three_checkpoints(caps
     schedule = resolved["data"]["schedule"]
     assert schedule["end_tokens"] - schedule["start_tokens"] == pytest.approx(2000 * 129024, rel=1e-4)
     assert resolved["periodic_checkpoint"]["save_top_k"] == 3 and resolved["samples"]["every_n_steps"] == 100
+
+
+FP16 = [p for p in FULL if yaml.safe_load(p.read_text()).get("trainer", {}).get("precision") == "16-mixed"]
+CPU_FP16 = {  # what Lightning builds for 16-mixed on a GPU (GradScaler and all), on the CPU
+    "class_path": "lightning.pytorch.plugins.precision.MixedPrecision",
+    "init_args": {
+        "precision": "16-mixed",
+        "device": "cpu",
+        "scaler": {"class_path": "torch.amp.GradScaler", "init_args": {"device": "cpu"}},
+    },
+}
+
+
+@pytest.mark.parametrize("path", FP16, ids=lambda p: p.name)
+def test_fp16_config_trains(path, text_corpus, tmp_path):
+    """A config made for GPUs without bf16 (seed run E: a T4) trains with its own optimizer, clipping and guard
+    under fp16 loss scaling, with a tiny model and data in its place."""
+    run = tmp_path / "run"
+    tiny = {"block": "classic", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}
+    overrides = {
+        "trainer.accelerator": "cpu",
+        "trainer.precision": "null",
+        "trainer.plugins": json.dumps(CPU_FP16),
+        "trainer.default_root_dir": str(run),
+        "trainer.max_steps": "2",
+        "trainer.val_check_interval": "2",
+        "trainer.limit_val_batches": "1",
+        "model.config": json.dumps(tiny),
+        "model.warmup_steps": "1",
+        "model.batch_tokens": "128",  # accumulation 2
+        "data.sources": text_corpus,
+        "data.weights": "null",
+        "data.schedule": "null",
+        "data.seq_len": "32",
+        "data.batch_size": "2",
+        "data.num_workers": "0",
+        "data.val_batches": "1",
+    }
+    main(["fit", "--config", str(path), *(arg for key, value in overrides.items() for arg in (f"--{key}", value))])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "val/loss" in line] == [2]
+    assert all(math.isfinite(line["val/loss"]) for line in lines if "val/loss" in line)

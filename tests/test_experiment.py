@@ -1,5 +1,6 @@
 """The experiment loop on the smoke experiment, end to end, in a tmp directory laid out like the repository."""
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -312,3 +313,31 @@ def test_a_ladder_report_fits_the_law_its_runs_follow(tmp_path, monkeypatch):
     assert "for C = 1e+20 FLOPs: N* ≈" in report and "Parametric" in report
     assert (folder / "scaling.csv").read_text().count("\n") == 16 and ",true\n" in (folder / "scaling.csv").read_text()
     assert (folder / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--variant", "modern"],
+        ["--variant=modern"],
+        ["--variant", "modern,classic"],
+        ["--variant", "modern", "--variant", "classic"],
+        ["--variant", "[modern, classic]"],
+    ],
+)
+def test_verify_takes_a_name_a_comma_separated_list_or_repeats(args, monkeypatch):
+    chosen = []
+
+    @functools.wraps(experiment.verify)
+    def verify(name, variant=None, **kwargs):
+        chosen.append(variant)
+
+    monkeypatch.setattr(experiment, "verify", verify)
+    main(["experiment", "verify", "smoke", *args])
+    assert chosen == [["modern", "classic"] if "classic" in " ".join(args) else ["modern"]]
+
+
+def test_verify_help_shows_how_to_name_variants(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "verify", "--help"])
+    assert "--variant a,b" in capsys.readouterr().out

@@ -7,6 +7,13 @@ the device. A NaN or inf loss always gives a non-finite norm, so both are caught
 still advance, as with GradScaler. The norm is also left on the optimizer as `optimizer.grad_norm`, which gradient
 clipping then uses instead of computing it a second time.
 
+Under `16-mixed` torch's GradScaler skips the step itself (and halves its scale): the guard sets no `found_inf`
+then (unfused AdamW refuses one), only measures the unscaled gradients, counts and stops. Lightning unscales
+before this hook for every optimizer except those that unscale inside their step (fused AdamW); for those the
+guard unscales first (GradScaler.unscale_, on the device), so the norm, the logged value and clipping see the true
+gradients, and the scaler's step knows they are unscaled. The scaler's own back-off steps at the start of a run
+count as skipped steps too.
+
 `train/grad_norm` (before clipping) and `train/skipped_steps` (total) are logged at the steps the logger writes.
 Each step only writes its skip flag into a small device buffer (one slot per step of a logging interval); the
 buffer is read on the host every `trainer.log_every_n_steps` optimizer steps, when the logger reads metrics anyway,
@@ -53,9 +60,11 @@ class NonFiniteGuard(L.Callback):
         self.recent: torch.Tensor | None = None  # 1.0 for each skipped step since the last check, on the device
         self.restored: list[float] = []  # `recent` of a checkpoint, until the device is known
         self.checked_step = -1
+        self.scaler: torch.amp.GradScaler | None = None  # 16-mixed's, which then decides the skip
 
     def on_fit_start(self, trainer, pl_module):
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+        self.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if self.scaler is not None:
             return  # 16-mixed: its GradScaler skips non-finite steps itself; the guard counts them and stops the run
         for optimizer in trainer.optimizers:
             fused = getattr(optimizer, "_step_supports_amp_scaling", False)
@@ -71,9 +80,12 @@ class NonFiniteGuard(L.Callback):
         self.recent[: len(self.restored)] = torch.tensor(self.restored[: trainer.log_every_n_steps])
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            self.scaler.unscale_(optimizer)  # fused AdamW under 16-mixed: Lightning left its gradients scaled
         norm = grad_norm(trainer, optimizer)
         bad = norm.isfinite().logical_not_().float()
-        optimizer.found_inf = bad
+        if self.scaler is None:
+            optimizer.found_inf = bad
         optimizer.grad_norm = norm  # gradient clipping uses it (LanguageModel.configure_gradient_clipping)
         self.recent[trainer.global_step % len(self.recent)] = bad
         if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # the steps the logger writes (self.log costs)

@@ -133,7 +133,7 @@ class PreemptionCheckpoint(L.Callback):
             rank_zero_warn("preempted, but there is no ModelCheckpoint to say where last.ckpt goes: nothing saved")
             return
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole state, as ModelCheckpoint saves it
         reason = self.stop_requested or "preempted"
         rank_zero_info(f"{reason} at step {trainer.global_step}: saved {path}; continue with --ckpt_path last")
 

@@ -78,11 +78,11 @@ class Mixture:
                 raise UserError(f"source '{name}' has no windows")
         self.sizes = np.array([windows[name] for name in self.names], dtype=np.int64)
         self.start = normalized(
-            weights if weights is not None else dict.fromkeys(self.names, 1.0), self.names, "weights"
+            weights if weights is not None else dict.fromkeys(self.names, 1.0), self.names, "data.weights"
         )
-        self.end = self.start if schedule is None else normalized(schedule.weights, self.names, "schedule.weights")
+        self.end = self.start if schedule is None else normalized(schedule.weights, self.names, "data.schedule.weights")
         if schedule is not None and not 0 <= schedule.start_tokens <= schedule.end_tokens:
-            raise UserError("schedule needs 0 <= start_tokens <= end_tokens")
+            raise UserError("data.schedule needs 0 <= start_tokens <= end_tokens")
         self.schedule, self.seed, self.seq_len = schedule, seed, seq_len
         self.offset = np.uint64(int.from_bytes(np.random.default_rng(seed).bytes(8), "little"))
         self.salts = [zlib.crc32(name.encode()) for name in self.names]

@@ -52,7 +52,7 @@ from jsonargparse import CLI
 from tqdm import tqdm
 
 from lm.data.packed import DTYPE, MANIFEST, checksum, tokenizer_hash
-from lm.data.sources import load_source
+from lm.data.sources import load_source, not_utf8
 from lm.data.tokenizer import EOT, TOKENIZER_NAME, get_encoding
 from lm.errors import UserError
 from lm.files import write_atomic
@@ -144,7 +144,8 @@ def prepare_stream(open_source: Callable[[str | None], tuple], arguments: dict, 
         revision = progress["head"]["source"].get("revision")
     get_encoding()  # fail now if the BPE cannot load
     with tokenizer_pool(num_proc) as pool:  # before the source starts any thread (fork safety)
-        ds, description = open_source(revision)
+        with utf8_only(arguments):
+            ds, description = open_source(revision)
         head = manifest_head(description, arguments)
         if progress:
             check_same_run(partial, progress["head"], head)
@@ -154,7 +155,8 @@ def prepare_stream(open_source: Callable[[str | None], tuple], arguments: dict, 
             partial.mkdir(parents=True)
             progress = {"head": head, "documents": 0, "tokens": 0, "stream": None, "splits": {}}
         try:
-            splits = write_shards(ds, partial, progress, pool, num_proc, arguments)
+            with utf8_only(arguments):
+                splits = write_shards(ds, partial, progress, pool, num_proc, arguments)
         except BaseException as err:
             if not (partial / PROGRESS).exists():  # stopped before it saved progress: nothing to continue from
                 shutil.rmtree(partial, ignore_errors=True)
@@ -168,6 +170,15 @@ def prepare_stream(open_source: Callable[[str | None], tuple], arguments: dict, 
         out_dir.rmdir()  # empty (checked above)
     os.replace(partial, out_dir)
     return out_dir
+
+
+@contextlib.contextmanager
+def utf8_only(arguments: dict):
+    """A file that is not UTF-8 (found by datasets, pyarrow or a tokenizer process) as one line naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise not_utf8(arguments.get("path"), err) from None
 
 
 def check_arguments(val_fraction, val_tokens, max_tokens, shard_tokens) -> None:

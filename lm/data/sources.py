@@ -176,6 +176,29 @@ def load_files(files: list[str], split: str, streaming: bool) -> datasets.Iterab
     return ds if streaming else ds.to_iterable_dataset()
 
 
+def not_utf8(path: str | None, err: UnicodeDecodeError) -> UserError:
+    """One line naming the first line of `path`'s files that is not UTF-8, for a decode error raised deep inside
+    datasets or pyarrow (or a tokenizer process) without a file name; the files are read again to find it.
+
+    No option replaces the bad bytes instead: datasets' JSON reader has none for UTF-8, and a silent U+FFFD in the
+    training data is worse than a conversion the user runs and sees (iconv).
+    """
+    import fsspec  # a dependency of datasets; reads compressed files too
+
+    for file in expand_path(path) if path else []:
+        with fsspec.open(file, "rb", compression="infer") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return UserError(
+                        f"{file} line {number} is not UTF-8 (byte {line[bad.start]:#04x} at column {bad.start + 1}): "
+                        "convert it, e.g. `iconv -f latin1 -t utf-8` (from its encoding) or `iconv -c -f utf-8 -t "
+                        "utf-8` (drops the bytes that are not UTF-8), then prepare again"
+                    )
+    return UserError(f"the source holds text that is not UTF-8 ({err}): convert it to UTF-8 and prepare again")
+
+
 def select_text(ds: datasets.IterableDataset, field: str, where: str) -> datasets.IterableDataset:
     """Keep only the text column (renamed "text"), after checking it exists and holds strings."""
     if ds.features is not None:

@@ -264,3 +264,23 @@ def test_hub_revision_is_resolved_read_and_recorded(tmp_path, monkeypatch):
         ("load", "mlfoundations/dclm-baseline-1.0", first, True),
     ]
     assert read_manifest(out)["source"]["revision"] == first
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.txt", "d.jsonl.gz"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, name):
+    """The decode error comes from deep in datasets or pyarrow (or a tokenizer process) without a file name."""
+    import gzip
+
+    lines = [json.dumps({"text": doc}).encode() for doc in make_docs(3)]
+    lines.insert(2, b'{"text": "caf\xe9 in latin-1"}')
+    data = b"\n".join(lines) + b"\n"
+    if name == "d.txt":
+        data = data.replace(b"{", b"(")
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        prepare(source="local", out=str(out), path=str(tmp_path / name), num_proc=1)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / name} line 3 is not UTF-8 (byte 0xe9 at column 14)"), message
+    assert "iconv" in message and "\n" not in message
+    assert not out.exists() and not (tmp_path / "out.partial").exists()

@@ -10,7 +10,7 @@ import torch
 
 from lm.checkpoint import load_checkpoint
 from lm.cli import main
-from tests.reliability.helpers import run_config, train_lines
+from tests.reliability.helpers import ROOT, run_config, train_lines
 
 
 def error_of(argv: list[str]) -> str:
@@ -94,6 +94,19 @@ def test_bad_data_resuming_an_existing_run_touches_nothing(case, existing, text_
         (["--data.seq_len", "64"], "larger than the model's context"),
         (["--nonfinite.max_consecutive", "0"], "max_consecutive"),
         (["--ckpt_path", "nowhere.ckpt"], "checkpoint not found: nowhere.ckpt"),
+        (
+            ["--model.lr", "-1e-3"],
+            "model.lr must be ≥ 0, got -0.001",
+        ),  # parsed, though argparse reads -1e-3 as an option
+        (["--model.min_lr", "-.5e-4"], "model.min_lr must be ≥ 0, got -5e-05"),
+        (["--data.weights", '{"nope": 1}'], "data.weights names unknown source 'nope'"),
+        (["--data.weights", '{"nope": 1}', "--data.weights", "{}"], "data.weights has no weight for source"),
+        # Lightning's "fsdp requires a GPU accelerator" traceback would come first on a CPU
+        (["--model.optimizer", "muon", "--trainer.strategy", "fsdp"], "model.optimizer: muon cannot run under FSDP"),
+        (
+            ["--model.optimizer", "muon", "--config", str(ROOT / "configs/trainer/fsdp.yaml")],
+            "muon cannot run under FSDP",
+        ),
     ],
 )
 def test_bad_config_values(args, expected, text_corpus, tmp_path):
@@ -119,8 +132,23 @@ def test_unreadable_checkpoints(existing, tmp_path):
     garbage.write_bytes(b"not a checkpoint" * 100)
     last = (run / "checkpoints" / "last.ckpt").read_bytes()
     truncated.write_bytes(last[: len(last) // 2])
-    for path in (garbage, truncated):
-        assert f"cannot read checkpoint {path}" in error_of(["validate", "--config", config, "--ckpt_path", str(path)])
+    for path, reason in ((garbage, "not a torch checkpoint"), (truncated, "truncated or corrupt")):
+        message = error_of(["validate", "--config", config, "--ckpt_path", str(path)])
+        assert (
+            message.startswith(f"error: cannot read checkpoint {path}: {reason}")
+            and len(message) < len(str(path)) + 120
+        )
+
+
+def test_resuming_with_no_checkpoint_says_it_starts_from_scratch(text_corpus, tmp_path, capfd):
+    """`--ckpt_path last` in a fresh run directory (the requeue script's command) trains from the start, with lm's
+    line instead of Lightning's warning and its HINT about save_last, which lm sets."""
+    config, run = run_config(tmp_path, text_corpus, "run", **{"trainer.max_steps": 2, "trainer.val_check_interval": 2})
+    main(["fit", "--config", config, "--ckpt_path", "last"])
+    err = capfd.readouterr().err
+    assert f"no checkpoint in {run / 'checkpoints'}: starting from scratch" in err
+    assert "HINT" not in err and "save_last" not in err
+    assert [line["step"] for line in train_lines(run)] == [1, 2]
 
 
 def test_a_classic_checkpoint_brings_its_architecture(existing, text_corpus, tmp_path, capsys):

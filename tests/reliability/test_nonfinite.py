@@ -43,8 +43,12 @@ class WeightRecorder(L.Callback):
         self.after.append(flat(pl_module.state_dict()).clone())
 
 
-def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, optimizer="adamw", **trainer_args):
-    model = PoisonedModel(bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1, optimizer=optimizer)
+def fit(
+    corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, optimizer="adamw", model_class=None, **trainer_args
+):
+    model = (model_class or PoisonedModel)(
+        bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1, optimizer=optimizer
+    )
     data = TokenDataModule(corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     recorder = WeightRecorder()
     trainer = quiet_trainer(
@@ -52,7 +56,7 @@ def fit(corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, optimizer="
         max_steps=max_steps,
         limit_val_batches=0,
         log_every_n_steps=1,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *trainer_args.pop("plugins", [])],
         callbacks=[NonFiniteGuard(max_consecutive), recorder, *trainer_args.pop("callbacks", [])],
         **trainer_args,
     )
@@ -134,3 +138,56 @@ def test_with_fp16_loss_scaling_adamw_is_not_fused_and_the_grad_scaler_skips(mon
         NonFiniteGuard().on_fit_start(SimpleNamespace(precision_plugin=None, optimizers=[plain]), module)
     scaled = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu")), optimizers=[plain])
     NonFiniteGuard().on_fit_start(scaled, module)  # accepted: the scaler skips
+
+
+class ScaleRecorder(L.Callback):
+    """The GradScaler's scale after every optimizer step."""
+
+    def __init__(self):
+        self.scales = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.scales.append(trainer.precision_plugin.scaler.get_scale())
+
+
+class FusedAdamWModel(PoisonedModel):
+    """Fused AdamW under 16-mixed (LanguageModel unfuses it there): it unscales inside its own step."""
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        config["optimizer"] = self.build_optimizer(fused=True)
+        config["lr_scheduler"]["scheduler"].optimizer = config["optimizer"]
+        return config
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-fused", "muon"])
+def test_fp16_loss_scaling_steps_every_optimizer_and_skips_a_nonfinite_step(text_corpus, tmp_path, optimizer):
+    """16-mixed (seed run E on a T4) with the guard: each optimizer steps, a NaN step changes no weight, and the
+    GradScaler backs off (halves its scale) at that step only, as torch's GradScaler does."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu")
+    scales = ScaleRecorder()
+    trainer, model, recorder, run = fit(
+        text_corpus,
+        tmp_path,
+        {2},
+        optimizer="muon" if optimizer == "muon" else "adamw",
+        model_class=FusedAdamWModel if optimizer == "adamw-fused" else None,
+        enable_checkpointing=False,
+        gradient_clip_val=1.0,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        callbacks=[scales],
+    )
+    run()
+    fused = getattr(trainer.optimizers[0], "_step_supports_amp_scaling", False)
+    assert fused == (optimizer == "adamw-fused")
+    weights = recorder.after
+    assert torch.equal(weights[2], weights[1])  # the NaN step changed nothing
+    assert all(not torch.equal(weights[i], weights[i - 1]) for i in (1, 3, 4))
+    assert torch.isfinite(weights[-1]).all()
+    init = 2.0**16  # GradScaler's default init_scale; growth only after 2000 good steps
+    assert scales.scales == [init, init, init / 2, init / 2, init / 2]  # backed off once, at the NaN step
+    assert trainer.callback_metrics["train/skipped_steps"].item() == 1
+    # The unscaled norm (~1 for this model), which clipping uses: 2**15 times that if read before unscaling.
+    assert 0 < trainer.callback_metrics["train/grad_norm"].item() < 100
