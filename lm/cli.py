@@ -37,4 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         sys.exit(f"error: {err}")
     except ArgumentError as err:
-        sys.exit(f"error: {one_line(str(err))} (--help lists the options)")
+        from lm.optim.config import renamed_key_error  # here: the commands that do not parse configs skip torch
+
+        renamed = renamed_key_error(str(err))
+        sys.exit(f"error: {renamed}" if renamed else f"error: {one_line(str(err))} (--help lists the options)")

@@ -217,7 +217,7 @@ def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
         args=args,
         trainer_defaults={"callbacks": defaults},
         save_config_callback=SaveRunConfig,
-        auto_configure_optimizers=False,  # the optimizer is model.optimizer, not LightningCLI's --optimizer
+        auto_configure_optimizers=False,  # the optimizer is model.optim, not LightningCLI's --optimizer
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "python -m lm", "exit_on_error": False},  # errors raise ArgumentError: one line in main
     )

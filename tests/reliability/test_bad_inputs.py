@@ -90,7 +90,9 @@ def test_bad_data_resuming_an_existing_run_touches_nothing(case, existing, text_
     "args, expected",
     [
         (["--model.config.n_layr", "3"], "n_layr"),
-        (["--model.lr", "-1"], "model.lr must be ≥ 0"),
+        (["--model.optim.lr", "-1"], "model.optim.lr must be ≥ 0"),
+        (["--model.lr", "1e-3"], "model.lr is now model.optim.lr"),
+        (["--model.muon_lr", "0.01"], "model.muon_lr is now model.optim.muon.lr"),
         (["--data.seq_len", "64"], "larger than the model's context"),
         (["--nonfinite.max_consecutive", "0"], "max_consecutive"),
         (["--ckpt_path", "nowhere.ckpt"], "checkpoint not found: nowhere.ckpt"),

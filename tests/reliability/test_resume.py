@@ -9,6 +9,7 @@ import torch
 from lm.callbacks.preemption import EXIT_PREEMPTED
 from lm.checkpoint import load_checkpoint
 from lm.cli import main
+from tests.conftest import MUON_VARIANTS
 from tests.reliability.helpers import (
     PERIODIC,
     ROOT,
@@ -123,9 +124,11 @@ def test_sigterm_inside_an_accumulation_window_resumes_exactly(workers, text_cor
     assert_same_run(run, reference)
 
 
-def test_kill_9_then_resume_with_muon_matches_uninterrupted_run(text_corpus, tmp_path):
-    """Muon's momentum and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come back exactly from last.ckpt."""
-    muon = {"model.optimizer": "muon", "model.muon_lr": 0.02}
+@pytest.mark.parametrize("variants", [{}, MUON_VARIANTS], ids=["plain", "variants"])
+def test_kill_9_then_resume_with_muon_matches_uninterrupted_run(text_corpus, tmp_path, variants):
+    """Muon's momentum (and NorMuon's second moment) and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come
+    back exactly from last.ckpt."""
+    muon = {"model.optim.name": "muon", "model.optim.muon.lr": 0.02, **variants}
     config, reference = run_config(tmp_path, text_corpus, "reference", **muon)
     main(["fit", "--config", config, *PERIODIC])
 
