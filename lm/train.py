@@ -13,6 +13,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -30,6 +31,7 @@ from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.errors import UserError
 from lm.files import write_atomic
 from lm.module import LanguageModel
+from lm.optim.config import migrate_hparams
 
 
 class LMCLI(LightningCLI):
@@ -73,6 +75,19 @@ class LMCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path not in (None, "last", "best", "hpc"):
             load_checkpoint(ckpt_path)  # one line if missing, truncated or needing pickle; Lightning reads it next
+
+    def _parse_ckpt_path(self):
+        """Lightning's (the checkpoint's hyper-parameters become the model's config), for a checkpoint written before
+        model.optim existed too: its flat optimizer keys are moved into model.optim first."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+            if hparams and migrate_hparams(hparams) is not hparams:
+                model = {k: v for k, v in migrate_hparams(hparams).items() if k != "_instantiator"}
+                self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+                return
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self):
         config = self.config[self.subcommand] if self.subcommand else self.config

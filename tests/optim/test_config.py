@@ -1,14 +1,17 @@
 """model.optim: checkpoints from before it load; its old flat keys are refused with the new key's name."""
 
+import json
+
 import lightning
 import pytest
 import torch
 
+from lm.cli import main
 from lm.errors import UserError
 from lm.module import LanguageModel
 from lm.optim import AdamWConfig, MuonConfig, OptimConfig
 from lm.optim.config import RENAMED, renamed_key_error
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_config
 
 # A checkpoint's hyper-parameters as LightningCLI saved them before model.optim existed.
 FLAT = {
@@ -35,12 +38,16 @@ FLAT = {
 }
 
 
-def test_a_checkpoint_with_the_old_flat_hparams_loads(tmp_path):
-    model = LanguageModel(config=tiny_config())
-    path = tmp_path / "old.ckpt"
+def old_checkpoint(path, model: LanguageModel) -> None:
     hparams = {"config": dict(model.hparams.config), **FLAT}
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": hparams}
     torch.save(checkpoint | {"pytorch-lightning_version": lightning.__version__}, path)
+
+
+def test_a_checkpoint_with_the_old_flat_hparams_loads(tmp_path):
+    model = LanguageModel(config=tiny_config())
+    path = tmp_path / "old.ckpt"
+    old_checkpoint(path, model)
     loaded = LanguageModel.load_from_checkpoint(path, weights_only=True)
     assert loaded.optim == OptimConfig(
         name="muon",
@@ -53,6 +60,16 @@ def test_a_checkpoint_with_the_old_flat_hparams_loads(tmp_path):
         muon=MuonConfig(lr=0.005, momentum=0.9, weight_decay=0.01),
     )
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_validate_takes_a_checkpoint_with_the_old_flat_hparams(text_corpus, tmp_path):
+    """LightningCLI parses a checkpoint's hyper-parameters into the config (lm.train maps the old ones first)."""
+    config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run")
+    model = LanguageModel(config=tiny_config(n_layer=1))
+    old_checkpoint(tmp_path / "old.ckpt", model)
+    main(["validate", "--config", config, "--ckpt_path", str(tmp_path / "old.ckpt")])
+    metrics = json.loads(next((tmp_path / "run" / "validate").rglob("metrics.json")).read_text())
+    assert metrics["metrics"]["val/loss"] > 0
 
 
 def test_a_new_checkpoint_rebuilds_its_optim(tmp_path):
