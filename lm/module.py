@@ -2,7 +2,8 @@
 
 Design choices:
 - The Trainer owns precision, accumulation, clipping, devices and checkpointing; this module owns the
-  model, the loss, the optimizer grouping and the LR schedule.
+  model, the loss and the training step. It asks lm.optim for the optimizer `model.optim` names (parameter groups,
+  AdamW, Muon and its variants) and for the LR schedule.
 - The budget may be given in tokens (or tokens per parameter, 20 = Chinchilla): steps follow from
   micro-batch × seq_len × accumulation × world size, resolved in `setup` before any compute.
 - Validation loss, perplexity and bits per byte are token-weighted sums reduced by torchmetrics, so they
