@@ -146,9 +146,9 @@ def test_every_variant_of_every_experiment_parses(name, monkeypatch, capsys):
 
 
 def test_a_variant_is_a_fit_command_that_continues_an_interrupted_run(tmp_path):
-    spec = {"configs": ["base.yaml"], "variants": {"v": ["more.yaml", "--model.lr=1e-3"]}}
+    spec = {"configs": ["base.yaml"], "variants": {"v": ["more.yaml", "--model.optim.lr=1e-3"]}}
     run_dir = tmp_path / "v"
-    fresh = ["fit", "--config", "base.yaml", "--config", "more.yaml", "--model.lr=1e-3"]
+    fresh = ["fit", "--config", "base.yaml", "--config", "more.yaml", "--model.optim.lr=1e-3"]
     fresh += ["--model.init_from", "b.ckpt", "--trainer.default_root_dir", str(run_dir)]
     assert fit_args(spec, "v", run_dir, "b.ckpt") == fresh
     run_dir.mkdir()  # crashed before its first checkpoint
