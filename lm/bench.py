@@ -53,6 +53,7 @@ from lm.errors import UserError
 from lm.model import GPT, ModelConfig
 from lm.model.gpt import LOSS_CHUNK_TOKENS
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 
 PRECISIONS = ("32-true", "bf16-mixed")
 NOT_BENCHED = ("batch_tokens", "max_tokens", "tokens_per_param", "init_from")  # budget and lineage: no speed effect
@@ -167,14 +168,14 @@ def reference_model(config: ModelConfig) -> ReferenceGPT:
 
 def reference_adamw(model: nn.Module, s: Settings, device: torch.device) -> torch.optim.AdamW:
     """nanoGPT's grouping: decay every ≥2-D tensor, nothing else; fused on CUDA."""
+    optim = OptimConfig.from_dict(s.module_args.get("optim") or {})
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": s.module_args.get("weight_decay", 0.1)},
+        {"params": decay, "weight_decay": optim.adamw.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    betas = tuple(s.module_args.get("betas", (0.9, 0.95)))
-    return torch.optim.AdamW(groups, lr=s.module_args.get("lr", 3e-4), betas=betas, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.adamw.betas), fused=device.type == "cuda")
 
 
 # ---- data ----------------------------------------------------------------------------------------------

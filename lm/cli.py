@@ -41,8 +41,8 @@ def one_line(message: str) -> str:
 
 
 def negative_values_joined(args: list[str]) -> list[str]:
-    """`--model.lr -1e-3` as `--model.lr=-1e-3`: argparse takes only -1 and -.5 for numbers, and reads any other
-    argument that starts with "-" (-1e-3, -1_000) as an option."""
+    """`--model.optim.lr -1e-3` as `--model.optim.lr=-1e-3`: argparse takes only -1 and -.5 for numbers, and reads
+    any other argument that starts with "-" (-1e-3, -1_000) as an option."""
     joined: list[str] = []
     for arg in args:
         previous = joined[-1] if joined else ""
@@ -68,4 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         sys.exit(f"error: {err}")
     except ArgumentError as err:
-        sys.exit(f"error: {one_line(str(err))} (--help lists the options)")
+        from lm.optim.config import renamed_key_error  # here: the commands that do not parse configs skip torch
+
+        renamed = renamed_key_error(str(err))
+        sys.exit(f"error: {renamed}" if renamed else f"error: {one_line(str(err))} (--help lists the options)")

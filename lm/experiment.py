@@ -423,7 +423,7 @@ def ladder_points(spec: dict, runs: Path, ran: dict[str, dict]) -> list[scaling.
     for run_name, summary in ran.items():
         loss = final_val_loss(runs / run_name)
         if summary["finished"] and loss is not None:
-            warmup = config_value(summary, spec["scaling"].get("warmup", "model.warmup_steps"))
+            warmup = config_value(summary, spec["scaling"].get("warmup", "model.optim.warmup_steps"))
             points.append(
                 scaling.Point(
                     budget=float(config_value(summary, spec["scaling"]["budget"])),

@@ -152,7 +152,6 @@ CASES = [
     Case("document, varlen", {**DOCUMENT, **VARLEN}, VARLEN_CPU),
     Case("sliding window SSSL 512, default backend", SSSL),
     Case("document + sliding window SSSL 512, flex", {**DOCUMENT, **SSSL, **FLEX}, FLEX_CPU),
-    Case("muon (torch's, flat key)", {"model.optimizer": "muon"}),
     Case("muon newton_schulz", MUON),
     Case("muon polar_express", {**MUON, "model.optim.muon.orthogonalization": "polar_express"}),
     Case("muon normuon", {**MUON, "model.optim.muon.normuon": True}),
@@ -628,7 +627,7 @@ def sanity(run: Run, deadline: Deadline) -> dict:
     """The modern 124M AdamW recipe for sanity_steps steps through `python -m lm fit` on the generated corpus: the
     loss must fall by 10% of its first logged value, with no host read between logging steps."""
     p = run.plan
-    overrides = {"model.warmup_steps": max(p.sanity_steps // 10, 1), "trainer.log_every_n_steps": p.log_every}
+    overrides = {"model.optim.warmup_steps": max(p.sanity_steps // 10, 1), "trainer.log_every_n_steps": p.log_every}
     path = run.write("sanity", run.config("sanity", overrides))
     s = load_settings([path], p.sanity_batch)
     run_dir = run.work / "sanity"

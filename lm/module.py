@@ -2,7 +2,8 @@
 
 Design choices:
 - The Trainer owns precision, accumulation, clipping, devices and checkpointing; this module owns the
-  model, the loss, the optimizer grouping and the LR schedule.
+  model, the loss and the training step. It asks lm.optim for the optimizer `model.optim` names (parameter groups,
+  AdamW, Muon and its variants) and for the LR schedule.
 - The budget may be given in tokens (or tokens per parameter, 20 = Chinchilla): steps follow from
   micro-batch × seq_len × accumulation × world size (under `batch_schedule`, from its phases: lm.batch_schedule),
   resolved in `setup` before any compute.
@@ -12,10 +13,10 @@ Design choices:
   fresh optimizer, schedule and counters. Resuming an interrupted run is the Trainer's `--ckpt_path`.
 """
 
+import io
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
@@ -30,11 +31,12 @@ from lm.data.tokenizer import token_byte_lengths
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
 from lm.model.gpt import LOSS_CHUNK_TOKENS
-from lm.optim import MuonAdamW
+from lm.optim import OptimConfig, build_optimizer, lr_at, wsd_decay_steps
+from lm.optim.config import migrate_hparams
 
 MUON_UNDER_FSDP = (
-    "model.optimizer: muon cannot run under FSDP, where each rank holds a shard of every weight matrix and Muon "
-    "orthogonalizes whole matrices: use DDP (configs/trainer/ddp.yaml) or model.optimizer: adamw"
+    "model.optim.name: muon cannot run under FSDP, where each rank holds a shard of every weight matrix and Muon "
+    "orthogonalizes whole matrices: use DDP (configs/trainer/ddp.yaml) or model.optim.name: adamw"
 )
 
 
@@ -62,18 +64,7 @@ class LanguageModel(L.LightningModule):
     def __init__(
         self,
         config: ModelConfig | None = None,
-        lr: float = 3e-4,
-        min_lr: float = 3e-5,
-        warmup_steps: int = 2000,
-        lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine",
-        optimizer: Literal["adamw", "muon"] = "adamw",
-        muon_lr: float = 0.02,
-        muon_weight_decay: float = 0.0,
-        muon_momentum: float = 0.95,
-        decay_fraction: float = 0.2,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        decay_embeddings: bool = True,
+        optim: OptimConfig | None = None,
         batch_tokens: int | None = None,
         batch_schedule: list[tuple[float, int]] | None = None,
         max_tokens: float | None = None,
@@ -88,22 +79,7 @@ class LanguageModel(L.LightningModule):
         """
         Args:
             config: Model architecture. Leave unset with `init_from`: the base checkpoint supplies it.
-            lr: Peak learning rate, reached after `warmup_steps`.
-            min_lr: Final learning rate of the cosine / WSD decay.
-            warmup_steps: Linear warmup from ~0 to `lr`.
-            lr_schedule: "cosine" decays to `min_lr` over the run; "wsd" holds `lr`, then decays linearly over the
-                last `decay_fraction` of steps; "constant" holds `lr` after warmup.
-            optimizer: "adamw": AdamW for every parameter. "muon": Muon (torch.optim.Muon) for the 2-D weight matrices
-                inside the blocks, AdamW for the rest (embeddings, output layer, norms, biases); see lm/optim.py.
-            muon_lr: Muon's peak learning rate; it follows the same warmup and decay as `lr` (torch's Muon scales it
-                by sqrt(max(1, rows / columns)) per matrix).
-            muon_weight_decay: Muon's decoupled weight decay of the block matrices: w ← w · (1 − muon_lr · λ) each
-                step. 0, as in the GPT-2 speedrun's Muon; `weight_decay` then applies to AdamW's weights only.
-            muon_momentum: Muon's (Nesterov) momentum.
-            decay_fraction: Share of the run spent decaying under "wsd".
-            weight_decay: AdamW's decoupled decay, applied to ≥2-D weight matrices only (never biases or norm gains).
-            betas: AdamW betas.
-            decay_embeddings: Whether the token/position embeddings (and a tied output layer) are decayed too.
+            optim: The optimizer (adamw | muon, its settings) and the learning-rate schedule: lm/optim/config.py.
             batch_tokens: Global batch in tokens per optimizer step (e.g. 524288). Gradient accumulation follows from
                 it, the micro-batch, seq_len and the world size, so changing the GPU count keeps the optimisation.
             batch_schedule: A batch that grows during training: (tokens seen, batch tokens) points, e.g.
@@ -131,18 +107,12 @@ class LanguageModel(L.LightningModule):
                 pretraining); optimizer, schedule and counters start fresh. To resume a run, use --ckpt_path.
         """
         super().__init__()
-        for name, value in (
-            ("lr", lr),
-            ("min_lr", min_lr),
-            ("warmup_steps", warmup_steps),
-            ("weight_decay", weight_decay),
-            ("muon_lr", muon_lr),
-            ("muon_weight_decay", muon_weight_decay),
-            ("muon_momentum", muon_momentum),
-            ("z_loss", z_loss),
-        ):
-            if value < 0:
-                raise UserError(f"model.{name} must be ≥ 0, got {value}")
+        if isinstance(optim, dict):  # rebuilt from a checkpoint's hyper-parameters
+            optim = OptimConfig.from_dict(optim)
+        optim = optim or OptimConfig()
+        optim.check()
+        if z_loss < 0:
+            raise UserError(f"model.z_loss must be ≥ 0, got {z_loss}")
         if sum(budget is not None for budget in (max_tokens, tokens_per_param, max_flops)) > 1:
             raise UserError("set only one of model.max_tokens, model.tokens_per_param and model.max_flops")
         if isinstance(config, dict):  # rebuilt from a checkpoint's hyper-parameters
@@ -156,10 +126,12 @@ class LanguageModel(L.LightningModule):
                 "no model architecture: set model.config (e.g. --config configs/model/...yaml) or model.init_from"
             )
         self.save_hyperparameters()
-        self.hparams.config = asdict(config)  # plain dict: checkpoints load with weights_only=True
+        self.hparams.config = asdict(config)  # plain dicts: checkpoints load with weights_only=True
+        self.hparams.optim = asdict(optim)
         self.hparams.init_from = None  # the checkpoint rebuilds without the base file; lineage says where it began
         self.lineage = lineage
         self.config = config
+        self.optim = optim
         self.model = GPT(config)
         self.model.activation_checkpointing = activation_checkpointing
         self.model.loss_chunk_tokens = loss_chunk_tokens
@@ -172,6 +144,20 @@ class LanguageModel(L.LightningModule):
         self.checkpoint_step: int | None = None  # global step of the checkpoint these weights were restored from
         self.compiled_forward = None  # the training forward under torch.compile (setup, with `compile`)
         self.window_loss: tuple[int, torch.Tensor | None, int] = (-1, None, 0)  # (step, loss sum, micro-batches)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's, also for a checkpoint written before model.optim existed: its flat optimizer hyper-parameters
+        (lr, optimizer, muon_lr, ...) are moved into `optim` first (lm.optim.config.migrate_hparams)."""
+        if isinstance(checkpoint_path, (str, Path)) and Path(checkpoint_path).is_file():
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+            if migrate_hparams(hparams) is not hparams:
+                checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = migrate_hparams(hparams)
+                checkpoint_path = io.BytesIO()
+                torch.save(checkpoint, checkpoint_path)
+                checkpoint_path.seek(0)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # ---- continued pretraining -----------------------------------------------------------------------
 
@@ -211,7 +197,7 @@ class LanguageModel(L.LightningModule):
             self.check_data(data)
             names = getattr(data, "source_names", ["data"])
             self.val_metrics = torch.nn.ModuleDict({name: NextTokenLoss() for name in ["all", *names]})
-        if stage == "fit" and self.hparams.optimizer == "muon" and isinstance(self.trainer.strategy, FSDPStrategy):
+        if stage == "fit" and self.optim.name == "muon" and isinstance(self.trainer.strategy, FSDPStrategy):
             raise UserError(MUON_UNDER_FSDP)
         if stage == "fit":
             self._resolve_accumulation(data)
@@ -296,13 +282,13 @@ class LanguageModel(L.LightningModule):
                 "no training length: set trainer.max_steps or a budget (model.max_tokens / model.tokens_per_param / "
                 "model.max_flops)"
             )
-        steps = self.trainer.max_steps
+        steps, optim = self.trainer.max_steps, self.optim
         end = self.lr_clock(steps)
-        if self.hparams.lr_schedule == "wsd" and self.hparams.warmup_steps > end - self.wsd_decay_steps():
+        if optim.lr_schedule == "wsd" and optim.warmup_steps > end - wsd_decay_steps(optim, end):
             raise UserError(
-                f"model.warmup_steps ({self.hparams.warmup_steps}) runs into the WSD decay, which starts at step "
-                f"{end - self.wsd_decay_steps()} (the last model.decay_fraction = {self.hparams.decay_fraction} of "
-                f"{end} steps): lower warmup_steps or decay_fraction"
+                f"model.optim.warmup_steps ({optim.warmup_steps}) runs into the WSD decay, which starts at step "
+                f"{end - wsd_decay_steps(optim, end)} (the last model.optim.decay_fraction = "
+                f"{optim.decay_fraction} of {end} steps): lower warmup_steps or decay_fraction"
             )
         if self.batch_phases:
             rank_zero_info(
@@ -381,7 +367,7 @@ class LanguageModel(L.LightningModule):
         self.log_dict({name: on_device(value) for name, value in metrics.items()})
 
     def learning_rates(self) -> dict[str, float]:
-        """The rate each schedule gives this step, once: `lr` for model.lr's, which every AdamW parameter group
+        """The rate each schedule gives this step, once: `lr` for model.optim.lr's, which every AdamW parameter group
         follows, and `lr/muon` for Muon's (Lightning's LearningRateMonitor would log every group: `lr/pg1`, ...)."""
         groups = self.optimizers().param_groups
         return {"lr": groups[0]["lr"]} | {f"lr/{g['name']}": g["lr"] for g in groups if g.get("name") == "muon"}
@@ -460,56 +446,19 @@ class LanguageModel(L.LightningModule):
         # 16-mixed has a GradScaler, which must unscale the gradients before clipping: fused AdamW would do that only
         # inside its step. The scaler then skips non-finite steps itself.
         optimizer = self.build_optimizer(fused=not str(self.trainer.precision).startswith("16"))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: self.lr_at(step) / self.hparams.lr if self.hparams.lr else 0
-        )
+        lr = self.optim.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at(step) / lr if lr else 0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def build_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
-        """AdamW over every parameter, or with `optimizer: muon` Muon over the blocks' weight matrices and AdamW over
-        the rest (embeddings, output layer, norms, biases). AdamW decays ≥2-D weights only (the embeddings if
-        decay_embeddings). Fused AdamW skips a step on the device when NonFiniteGuard sets optimizer.found_inf.
-        `lm bench` builds its plain loop's optimizer with it too."""
-        hp = self.hparams
-        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        in_blocks = lambda name, p: hp.optimizer == "muon" and name.startswith("transformer.h.") and p.dim() == 2
-        matrices = [p for name, p in named if in_blocks(name, p)]
-        embeddings = {id(p) for name, p in named if name.startswith(("transformer.wte", "transformer.wpe"))}
-        decay, no_decay = [], []
-        for name, p in named:
-            if in_blocks(name, p):
-                continue
-            decayed = p.dim() >= 2 and (hp.decay_embeddings or id(p) not in embeddings)
-            (decay if decayed else no_decay).append(p)
-        adamw_groups = [
-            {"name": "decay", "params": decay, "weight_decay": hp.weight_decay},
-            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-        ]
-        adamw = {"lr": hp.lr, "betas": tuple(hp.betas)}
-        if hp.optimizer == "adamw":
-            return torch.optim.AdamW(adamw_groups, fused=fused, **adamw)
-        muon = {"lr": hp.muon_lr, "weight_decay": hp.muon_weight_decay, "momentum": hp.muon_momentum}
-        return MuonAdamW([{"name": "muon", "params": matrices}], adamw_groups, muon=muon, adamw=adamw)
+        """The optimizer `model.optim` names over this model (lm.optim.build); `lm bench` builds its plain loop's
+        optimizer with it too."""
+        return build_optimizer(self.model, self.optim, fused)
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): linear warmup, then the chosen decay, which reaches
-        min_lr at the last step of the run (max_steps - 1). Steps are counted by `lr_clock`."""
-        hp, step, last = self.hparams, self.lr_clock(step), self.lr_clock(self.trainer.max_steps - 1)
-        if step < hp.warmup_steps:
-            return hp.lr * (step + 1) / hp.warmup_steps
-        if hp.lr_schedule == "constant":
-            return hp.lr
-        if hp.lr_schedule == "wsd":
-            decay_steps = self.wsd_decay_steps()
-            progress = (step - (last - decay_steps)) / decay_steps  # 1/decay_steps at the first decay step
-            return hp.lr + min(max(progress, 0.0), 1.0) * (hp.min_lr - hp.lr)
-        progress = min((step - hp.warmup_steps) / max(last - hp.warmup_steps, 1), 1.0)
-        return hp.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (hp.lr - hp.min_lr)
-
-    def wsd_decay_steps(self) -> int:
-        """Steps of the WSD decay: the last decay_fraction of the run, at least one (steps of the first batch under a
-        batch schedule)."""
-        return max(int(self.hparams.decay_fraction * self.lr_clock(self.trainer.max_steps)), 1)
+        """Learning rate of optimizer step `step` (0-based) in this run (lm.optim.schedule), counted by `lr_clock`."""
+        end = self.trainer.max_steps
+        return lr_at(self.optim, self.lr_clock(step), self.lr_clock(end), last=self.lr_clock(end - 1))
 
     def lr_clock(self, step: int) -> int:
         """The learning-rate schedule's count of the first `step` optimizer steps: `step` itself, or under a batch

@@ -14,6 +14,7 @@ import uuid
 import warnings
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -36,6 +37,7 @@ from lm.data.datamodule import MixtureLogger, TokenDataModule
 from lm.errors import UserError
 from lm.files import write_atomic
 from lm.module import MUON_UNDER_FSDP, LanguageModel
+from lm.optim.config import migrate_hparams
 
 HELP = (
     "{what} More than 1,000 options follow: `python -m lm {command} --config X.yaml --print_config` prints "
@@ -115,6 +117,19 @@ class LMCLI(LightningCLI):
         if ckpt_path not in (None, "last", "best", "hpc"):
             load_checkpoint(ckpt_path)  # one line if missing, truncated or needing pickle; Lightning reads it next
 
+    def _parse_ckpt_path(self):
+        """Lightning's (the checkpoint's hyper-parameters become the model's config), for a checkpoint written before
+        model.optim existed too: its flat optimizer keys are moved into model.optim first."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+            if hparams and migrate_hparams(hparams) is not hparams:
+                model = {k: v for k, v in migrate_hparams(hparams).items() if k != "_instantiator"}
+                self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+                return
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit" and config.weights != "raw":
@@ -134,7 +149,7 @@ class LMCLI(LightningCLI):
             rank_zero_info(f"no checkpoint in {checkpoint_dir(config)}: starting from scratch")
             config.ckpt_path = None
         strategy = str(getattr(config.trainer.strategy, "class_path", config.trainer.strategy)).lower()
-        if self.subcommand == "fit" and config.model.optimizer == "muon" and "fsdp" in strategy:
+        if self.subcommand == "fit" and config.model.optim.name == "muon" and "fsdp" in strategy:
             raise UserError(MUON_UNDER_FSDP)  # before Lightning's own checks of the strategy (it needs GPUs)
 
     def instantiate_trainer(self, **kwargs):
@@ -338,7 +353,7 @@ def run(args: list[str] | None, callbacks: tuple = ()) -> LMCLI:
         # module prints the parameter count and token budget instead.
         trainer_defaults={"callbacks": defaults, "enable_model_summary": False},
         save_config_callback=SaveRunConfig,
-        auto_configure_optimizers=False,  # the optimizer is model.optimizer, not LightningCLI's --optimizer
+        auto_configure_optimizers=False,  # the optimizer is model.optim, not LightningCLI's --optimizer
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "prog": "python -m lm",

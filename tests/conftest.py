@@ -15,6 +15,17 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# Every Muon variant at once, as config keys (lm/optim/muon.py): plain Muon is torch's step, these lm's own.
+MUON_VARIANTS = {
+    "model.optim.muon.orthogonalization": "polar_express",
+    "model.optim.muon.normuon": True,
+    "model.optim.muon.cautious_weight_decay": True,
+    "model.optim.muon.lr_scaling": "match_rms_adamw",
+    "model.optim.muon.split_fused": True,
+    "model.optim.adamw.cautious_weight_decay": True,
+}
+
+
 def tiny_config(block: str = "modern", **overrides) -> ModelConfig:
     return ModelConfig(**{"block": block, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **overrides})
 
@@ -84,9 +95,7 @@ def write_config(path, data_dir: str, run_dir, **overrides) -> str:
         },
         "model": {
             "config": {"block": "modern", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-            "lr": 3e-3,
-            "min_lr": 3e-4,
-            "warmup_steps": 2,
+            "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2},
         },
         "data": {"sources": data_dir, "seq_len": 32, "batch_size": 4, "num_workers": 0, "val_batches": 2},
     }
@@ -94,7 +103,7 @@ def write_config(path, data_dir: str, run_dir, **overrides) -> str:
         *parents, key = dotted.split(".")
         node = config
         for parent in parents:
-            node = node[parent]
+            node = node.setdefault(parent, {})
         node[key] = value
     path.write_text(yaml.safe_dump(config))
     return str(path)

@@ -7,11 +7,15 @@ import yaml
 from lm.bench import ReferenceGPT, largest_batch, load_settings, main, reference_model
 from lm.model import GPT, ModelConfig
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from tests.conftest import tiny_config
 
 TINY = {
     "trainer": {"precision": "32-true", "gradient_clip_val": 1.0, "log_every_n_steps": 2},
-    "model": {"config": {"block": "modern", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}, "lr": 1e-3},
+    "model": {
+        "config": {"block": "modern", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+        "optim": {"lr": 1e-3},
+    },
     "data": {"sources": "replaced/by/the/benchmark", "seq_len": 32, "batch_size": 2, "num_workers": 0},
 }
 
@@ -117,7 +121,7 @@ def loss_curve(backend: str | None, steps: int = 4) -> list[float]:
     """Training losses of a tiny model, eager (backend None) or compiled whole (no graph breaks allowed)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    module = LanguageModel(config=tiny_config("modern"), lr=1e-2)
+    module = LanguageModel(config=tiny_config("modern"), optim=OptimConfig(lr=1e-2))
     if backend:
         module.model.compile(backend=backend, fullgraph=True)
     optimizer = module.build_optimizer()

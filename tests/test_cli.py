@@ -42,7 +42,12 @@ def test_best_checkpoint_holds_the_lowest_val_loss(text_corpus, tmp_path):
     """best.ckpt is the checkpoint of the step with the lowest val/loss in metrics.jsonl, and its own score is that
     loss. A learning rate far too high makes the curve go down and up again, so the best is not the last."""
     run = tmp_path / "run"
-    settings = {"trainer.max_steps": 8, "trainer.val_check_interval": 2, "model.lr": 1.0, "model.warmup_steps": 1}
+    settings = {
+        "trainer.max_steps": 8,
+        "trainer.val_check_interval": 2,
+        "model.optim.lr": 1.0,
+        "model.optim.warmup_steps": 1,
+    }
     main(["fit", "--config", write_config(tmp_path / "run.yaml", text_corpus, run, **settings)])
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = {line["step"]: line["val/loss"] for line in lines if "val/loss" in line}

@@ -43,7 +43,9 @@ def test_piece_composes_onto_the_demo(path, capsys):
 def test_seed_run_a_keeps_its_optimisation(capsys):
     resolved = print_config(capsys, CONFIGS / "seed-runs" / "a-modern-124m.yaml")
     model, trainer, data = resolved["model"], resolved["trainer"], resolved["data"]
-    assert (model["lr"], model["min_lr"], model["warmup_steps"], model["weight_decay"]) == (3e-4, 3e-5, 2000, 0.1)
+    optim = model["optim"]
+    assert (optim["lr"], optim["min_lr"], optim["warmup_steps"]) == (3e-4, 3e-5, 2000)
+    assert optim["adamw"]["weight_decay"] == 0.1
     assert trainer["gradient_clip_val"] == 1.0 and trainer["precision"] == "bf16-mixed"
     assert 244_000 < model["max_tokens"] / (data["batch_size"] * data["seq_len"]) < 245_000  # 244K steps
 
@@ -52,7 +54,7 @@ def test_the_recipes_share_the_gpt2_reproductions_batch_and_budget(capsys):
     for name in ("gpt2-124m-classic", "modern-124m-adamw", "modern-124m-muon"):
         model = print_config(capsys, CONFIGS / "recipes" / f"{name}.yaml")["model"]
         assert (model["batch_tokens"], model["max_tokens"], model["config"]["n_embd"]) == (524288, 10e9, 768), name
-    assert model["optimizer"] == "muon" and model["muon_lr"] == 0.02
+    assert model["optim"]["name"] == "muon" and model["optim"]["muon"]["lr"] == 0.02
 
 
 def test_seed_run_e_moves_its_mixture_gradually_and_keeps_three_checkpoints(capsys):
@@ -89,7 +91,7 @@ def test_fp16_config_trains(path, text_corpus, tmp_path):
         "trainer.val_check_interval": "2",
         "trainer.limit_val_batches": "1",
         "model.config": json.dumps(tiny),
-        "model.warmup_steps": "1",
+        "model.optim.warmup_steps": "1",
         "model.batch_tokens": "128",  # accumulation 2
         "data.sources": text_corpus,
         "data.weights": "null",

@@ -17,7 +17,7 @@ def test_continued_pretraining_starts_fresh_from_base_weights(text_corpus, tmp_p
     # The architecture comes from the base: the CPT config states none.
     config = yaml.safe_load(open(write_config(tmp_path / "cpt.yaml", text_corpus, cpt_run)))
     del config["model"]["config"]
-    config["model"].update(lr=1e-3, warmup_steps=3, init_from=str(base_ckpt))
+    config["model"].update(optim={"lr": 1e-3, "warmup_steps": 3}, init_from=str(base_ckpt))
     config["trainer"]["max_steps"] = 3
     (tmp_path / "cpt.yaml").write_text(yaml.safe_dump(config))
 

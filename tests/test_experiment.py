@@ -147,9 +147,9 @@ def test_every_variant_of_every_experiment_parses(name, monkeypatch, capsys):
 
 
 def test_a_variant_is_a_fit_command_that_continues_an_interrupted_run(tmp_path):
-    spec = {"configs": ["base.yaml"], "variants": {"v": ["more.yaml", "--model.lr=1e-3"]}}
+    spec = {"configs": ["base.yaml"], "variants": {"v": ["more.yaml", "--model.optim.lr=1e-3"]}}
     run_dir = tmp_path / "v"
-    fresh = ["fit", "--config", "base.yaml", "--config", "more.yaml", "--model.lr=1e-3"]
+    fresh = ["fit", "--config", "base.yaml", "--config", "more.yaml", "--model.optim.lr=1e-3"]
     fresh += ["--model.init_from", "b.ckpt", "--trainer.default_root_dir", str(run_dir)]
     assert fit_args(spec, "v", run_dir, "b.ckpt") == fresh
     run_dir.mkdir()  # crashed before its first checkpoint
@@ -183,7 +183,7 @@ def fake_run(run_dir: Path, curve: list[tuple[int, float]], sha: str = "a" * 40)
 
 
 def test_seeded_variants_are_runs_of_their_own_with_the_seed_as_a_flag(tmp_path):
-    spec = {"configs": ["base.yaml"], "variants": {"a": [], "b": ["--model.lr=1e-3"]}, "seeds": [0, 3]}
+    spec = {"configs": ["base.yaml"], "variants": {"a": [], "b": ["--model.optim.lr=1e-3"]}, "seeds": [0, 3]}
     assert experiment.runs_of(spec) == [
         ("a/seed0", "a", 0),
         ("a/seed3", "a", 3),
@@ -196,7 +196,7 @@ def test_seeded_variants_are_runs_of_their_own_with_the_seed_as_a_flag(tmp_path)
         "fit",
         "--config",
         "base.yaml",
-        "--model.lr=1e-3",
+        "--model.optim.lr=1e-3",
         "--seed_everything=3",
         "--trainer.default_root_dir",
         str(tmp_path / "b" / "seed3"),
@@ -276,7 +276,7 @@ def test_a_grid_crosses_each_variant_with_every_combination_of_values(tmp_path, 
     spec = load_experiment("ladder")
     assert len(spec["variants"]) == 8 and spec["variants"]["muon-depth2-max_flops3e+13"][0] == "--model.config.depth=2"
     assert spec["variants"]["adamw-depth2-max_flops1e+13"][0] == "a.yaml"
-    (folder / "experiment.yaml").write_text(json.dumps({"grid": {"model.lr": 3}}))
+    (folder / "experiment.yaml").write_text(json.dumps({"grid": {"model.optim.lr": 3}}))
     with pytest.raises(experiment.UserError, match="grid maps config keys to lists of values"):
         load_experiment("ladder")
 
@@ -301,7 +301,7 @@ def test_a_ladder_report_fits_the_law_its_runs_follow(tmp_path, monkeypatch):
         loss = law(n, tokens) * (3 if warmup_only else 1)
         fake_run(tmp_path / "runs" / "ladder" / name, [(int(tokens) // 2, 99.0), (int(tokens), loss)])
         summary_path = tmp_path / "runs" / "ladder" / name / "run_summary.json"
-        config = {"model": {"max_flops": budget, "warmup_steps": 10**9 if warmup_only else 1}}
+        config = {"model": {"max_flops": budget, "optim": {"warmup_steps": 10**9 if warmup_only else 1}}}
         extra = {"non_embedding_params": n, "tokens_seen": int(tokens), "step": 100, "config": config}
         summary_path.write_text(json.dumps(json.loads(summary_path.read_text()) | extra))
     experiment.report("ladder")

@@ -104,7 +104,9 @@ def test_a_gpu_with_another_torch_or_without_the_wheels_is_a_mismatch():
     "key, exists",
     [
         ("model.config.block", True),
-        ("model.lr", True),
+        ("model.optim.lr", True),
+        ("model.optim.muon.normuon", True),
+        ("model.lr", False),  # a flat key of earlier versions
         ("model.config.no_such_key", False),
         ("model.no_such_key", False),
         ("data.batch_size", False),  # cases override the model only

@@ -12,7 +12,17 @@ from lm.data.packed import read_manifest
 from lm.data.tokenizer import EOT
 from lm.errors import UserError
 from lm.module import LanguageModel, NextTokenLoss
+from lm.optim import AdamWConfig, MuonConfig, OptimConfig
 from tests.conftest import quiet_trainer, tiny_config
+
+# Every Muon variant at once: what holds for plain Muon must hold for it too.
+ALL_VARIANTS = MuonConfig(
+    orthogonalization="polar_express",
+    normuon=True,
+    cautious_weight_decay=True,
+    lr_scaling="match_rms_adamw",
+    split_fused=True,
+)
 
 
 def optimizer_groups(module: LanguageModel) -> tuple[set[str], set[str]]:
@@ -37,14 +47,17 @@ def real_trainer(monkeypatch):
     monkeypatch.undo()
 
 
+@pytest.mark.parametrize("variants", [False, True], ids=["plain", "variants"])
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied):
-    module = LanguageModel(config=tiny_config(block, tie_embeddings=tied), optimizer="muon", muon_lr=0.05, lr=1e-3)
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied, variants):
+    muon = ALL_VARIANTS if variants else MuonConfig()
+    optim = OptimConfig(name="muon", lr=1e-3, muon=MuonConfig(**{**vars(muon), "lr": 0.05}))
+    module = LanguageModel(config=tiny_config(block, tie_embeddings=tied), optim=optim)
     optimizer = module.configure_optimizers()["optimizer"]
-    groups = {group["name"]: group for group in optimizer.param_groups}
-    assert set(groups) == {"muon", "decay", "no_decay"}
     names = {id(p): n for n, p in module.model.named_parameters()}
-    members = {name: {names[id(p)] for p in group["params"]} for name, group in groups.items()}
+    members = {name: set() for name in ("muon", "decay", "no_decay")}
+    for group in optimizer.param_groups:
+        members[group["name"]] |= {names[id(p)] for p in group["params"]}
     every = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     assert sorted(every) == sorted(names.values())  # each parameter in exactly one group
     assert members["muon"] == {
@@ -52,17 +65,27 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied):
     }
     assert "transformer.wte.weight" in members["decay"] and ("lm_head.weight" in members["decay"]) != tied
     assert all("ln" in n or "norm" in n or n.endswith("bias") for n in members["no_decay"])
-    assert groups["muon"]["initial_lr"] == 0.05 and groups["decay"]["initial_lr"] == 1e-3  # before the schedule
-    assert groups["muon"]["weight_decay"] == 0.0
-    assert optimizer.muon.param_groups[0] is groups["muon"] and optimizer.adamw.param_groups[0] is groups["decay"]
+    muon_groups = [group for group in optimizer.param_groups if group["name"] == "muon"]
+    assert {group["initial_lr"] for group in muon_groups} == {0.05}  # before the schedule
+    assert optimizer.param_groups[0]["initial_lr"] == 1e-3 and {g["weight_decay"] for g in muon_groups} == {0.0}
+    assert optimizer.muon.param_groups == muon_groups and optimizer.adamw.param_groups[0] is optimizer.param_groups[0]
+    splits = {names[id(p)].split(".", 3)[-1]: group.get("split", 1) for group in muon_groups for p in group["params"]}
+    fused = {"attn.c_attn.weight": 3} | ({"mlp.c_fc.weight": 2} if block == "modern" else {})  # classic: GELU
+    assert splits == {name: fused.get(name, 1) if variants else 1 for name in splits}
 
 
-def test_both_learning_rates_follow_the_schedule():
-    module = LanguageModel(config=tiny_config(), optimizer="muon", lr=1e-3, muon_lr=0.02, min_lr=1e-4, warmup_steps=10)
+@pytest.mark.parametrize("muon", [MuonConfig(), ALL_VARIANTS], ids=["plain", "variants"])
+def test_both_learning_rates_follow_the_schedule(muon):
+    optim = OptimConfig(name="muon", lr=1e-3, min_lr=1e-4, warmup_steps=10, muon=muon)
+    module = LanguageModel(config=tiny_config(), optim=optim)
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    module.optimizers = lambda: scheduler.optimizer
     for step in range(60):
-        adamw, muon = (group["lr"] for group in scheduler.optimizer.param_groups[1:])
-        assert adamw == pytest.approx(module.lr_at(step)) and muon == pytest.approx(module.lr_at(step) * 20)
+        adamw, *muons = (group["lr"] for group in scheduler.optimizer.param_groups[1:])
+        assert adamw == pytest.approx(module.lr_at(step)) and muons == pytest.approx(
+            [module.lr_at(step) * 20] * len(muons)
+        )
+        assert module.learning_rates() == {"lr": adamw, "lr/muon": muons[0]}  # what is logged
         scheduler.optimizer.step()  # no gradients: changes nothing, but steps in the order torch expects
         scheduler.step()
 
@@ -70,10 +93,11 @@ def test_both_learning_rates_follow_the_schedule():
 def test_muon_under_fsdp_is_refused_in_one_line(monkeypatch):
     from lightning.pytorch.strategies import FSDPStrategy
 
-    module = LanguageModel(config=tiny_config(), optimizer="muon")
-    monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(strategy=FSDPStrategy(), datamodule=None))
-    with pytest.raises(UserError, match="model.optimizer: muon cannot run under FSDP"):
-        module.setup("fit")
+    for muon in (MuonConfig(), ALL_VARIANTS):
+        module = LanguageModel(config=tiny_config(), optim=OptimConfig(name="muon", muon=muon))
+        monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(strategy=FSDPStrategy(), datamodule=None))
+        with pytest.raises(UserError, match="model.optim.name: muon cannot run under FSDP"):
+            module.setup("fit")
 
 
 def test_weight_decay_only_on_matrices(block):
@@ -85,13 +109,15 @@ def test_weight_decay_only_on_matrices(block):
 
 
 def test_embeddings_can_be_excluded_from_decay():
-    decayed, plain = optimizer_groups(LanguageModel(config=tiny_config("classic"), decay_embeddings=False))
+    decayed, plain = optimizer_groups(
+        LanguageModel(config=tiny_config("classic"), optim=OptimConfig(adamw=AdamWConfig(decay_embeddings=False)))
+    )
     assert {"transformer.wte.weight", "transformer.wpe.weight"} <= plain
     assert "transformer.h.0.attn.c_attn.weight" in decayed
 
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr_at_the_last_step():
-    module = LanguageModel(config=tiny_config(), lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    module = LanguageModel(config=tiny_config(), optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10))
     lrs = [module.lr_at(s) for s in range(100)]  # max_steps 100: steps 0..99 run
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
@@ -100,9 +126,8 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr_at_the_last_step():
 
 
 def test_wsd_holds_then_reaches_min_lr_at_the_last_step():
-    wsd = LanguageModel(
-        config=tiny_config(), lr=1e-3, min_lr=1e-5, warmup_steps=10, lr_schedule="wsd", decay_fraction=0.2
-    )
+    optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, lr_schedule="wsd", decay_fraction=0.2)
+    wsd = LanguageModel(config=tiny_config(), optim=optim)
     lrs = [wsd.lr_at(s) for s in range(100)]
     assert lrs[10] == lrs[79] == pytest.approx(1e-3)  # stable until the last 20 steps
     assert lrs[80] < 1e-3 and all(a > b for a, b in zip(lrs[79:], lrs[80:]))  # 20 steps of linear decay
@@ -110,14 +135,16 @@ def test_wsd_holds_then_reaches_min_lr_at_the_last_step():
 
 
 def test_wsd_refuses_a_warmup_that_runs_into_the_decay():
-    wsd = LanguageModel(config=tiny_config(), warmup_steps=81, lr_schedule="wsd", decay_fraction=0.2)
-    with pytest.raises(UserError, match=r"model.warmup_steps \(81\) runs into the WSD decay, which starts at step 80"):
+    wsd = LanguageModel(config=tiny_config(), optim=OptimConfig(warmup_steps=81, lr_schedule="wsd", decay_fraction=0.2))
+    with pytest.raises(
+        UserError, match=r"model.optim.warmup_steps \(81\) runs into the WSD decay, which starts at step 80"
+    ):
         wsd._resolve_budget()
-    LanguageModel(config=tiny_config(), warmup_steps=80, lr_schedule="wsd", decay_fraction=0.2)._resolve_budget()
+    LanguageModel(config=tiny_config(), optim=OptimConfig(warmup_steps=80, lr_schedule="wsd"))._resolve_budget()
 
 
 def test_constant_schedule_holds_after_warmup():
-    constant = LanguageModel(config=tiny_config(), lr=1e-3, warmup_steps=10, lr_schedule="constant")
+    constant = LanguageModel(config=tiny_config(), optim=OptimConfig(lr=1e-3, warmup_steps=10, lr_schedule="constant"))
     assert constant.lr_at(99) == pytest.approx(1e-3)
 
 
@@ -138,7 +165,14 @@ def test_checkpoint_hparams_are_plain_and_rebuild_the_model(tmp_path):
     assert rebuilt.config == module.config
 
 
-@pytest.mark.parametrize("bad", [dict(lr=-1.0), dict(max_tokens=1e6, tokens_per_param=20)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(optim=OptimConfig(lr=-1.0)),
+        dict(optim=OptimConfig(muon=MuonConfig(lr=-1.0))),
+        dict(max_tokens=1e6, tokens_per_param=20),
+    ],
+)
 def test_bad_optimisation_settings(bad):
     with pytest.raises(UserError, match="model"):
         LanguageModel(config=tiny_config(), **bad)

@@ -103,7 +103,7 @@ class NonFiniteGuard(L.Callback):
                 raise UserError(
                     f"training diverged: {self.max_consecutive} optimizer steps in a row (by step {step}) had a "
                     "non-finite loss or gradient norm and were skipped; the weights are those of the last good step "
-                    "and the checkpoints are intact; lower model.lr, raise model.warmup_steps or set "
+                    "and the checkpoints are intact; lower model.optim.lr, raise model.optim.warmup_steps or set "
                     "trainer.gradient_clip_val"
                 )
         self.recent.zero_()

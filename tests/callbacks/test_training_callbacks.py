@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from lm.callbacks import HellaSwagCallback, RunSummaryCallback, SampleCallback, default_callbacks
 from lm.callbacks.throughput import peak_dtype, peak_flops
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from tests.conftest import tiny_config
 from tests.eval.test_hellaswag import write_jsonl
 
@@ -34,7 +35,7 @@ class RandomTokens(L.LightningDataModule):
 
 def fit(root, callbacks, max_steps=6, **trainer_args) -> LanguageModel:
     torch.manual_seed(0)
-    module = LanguageModel(config=tiny_config(n_layer=1, block_size=32), warmup_steps=2)
+    module = LanguageModel(config=tiny_config(n_layer=1, block_size=32), optim=OptimConfig(warmup_steps=2))
     trainer = L.Trainer(
         max_steps=max_steps,
         log_every_n_steps=2,

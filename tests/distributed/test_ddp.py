@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lm.checkpoint import load_checkpoint
-from tests.conftest import write_config
+from tests.conftest import MUON_VARIANTS, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_DDP = str(ROOT / "configs" / "trainer" / "cpu.yaml")
@@ -28,7 +28,7 @@ def fit(tmp_path, data_dir, name, *extra, timeout=300, **overrides) -> Path:
         "data.batch_size": 2,
         "data.val_batches": 4,  # 2 + 2 over 2 ranks (every rank runs the same number: collectives)
         "model.batch_tokens": 128,
-        "model.lr_schedule": "constant",  # schedule independent of max_steps, so resumed runs compare
+        "model.optim.lr_schedule": "constant",  # schedule independent of max_steps, so resumed runs compare
         "trainer.max_steps": 4,
         "trainer.limit_val_batches": 4,
         "trainer.callbacks": RECORDER,
@@ -157,8 +157,9 @@ def test_resume_on_two_processes(runs, text_corpus):
 
 
 @pytest.mark.slow
-def test_ddp_with_muon_equals_one_process_with_accumulation(text_corpus, tmp_path):
-    muon = {"model.optimizer": "muon", "trainer.val_check_interval": 2}
+@pytest.mark.parametrize("variants", [{}, MUON_VARIANTS], ids=["plain", "variants"])
+def test_ddp_with_muon_equals_one_process_with_accumulation(text_corpus, tmp_path, variants):
+    muon = {"model.optim.name": "muon", "trainer.val_check_interval": 2, **variants}
     ddp = fit(tmp_path, text_corpus, "ddp", *two_processes(), **muon)
     single = fit(tmp_path, text_corpus, "single", **muon)
     assert_same_weights(ddp / "checkpoints" / "last.ckpt", single / "checkpoints" / "last.ckpt")

@@ -90,21 +90,23 @@ def test_bad_data_resuming_an_existing_run_touches_nothing(case, existing, text_
     "args, expected",
     [
         (["--model.config.n_layr", "3"], "n_layr"),
-        (["--model.lr", "-1"], "model.lr must be ≥ 0"),
+        (["--model.optim.lr", "-1"], "model.optim.lr must be ≥ 0"),
+        (["--model.lr", "1e-3"], "model.lr is now model.optim.lr"),
+        (["--model.muon_lr", "0.01"], "model.muon_lr is now model.optim.muon.lr"),
         (["--data.seq_len", "64"], "larger than the model's context"),
         (["--nonfinite.max_consecutive", "0"], "max_consecutive"),
         (["--ckpt_path", "nowhere.ckpt"], "checkpoint not found: nowhere.ckpt"),
         (
-            ["--model.lr", "-1e-3"],
-            "model.lr must be ≥ 0, got -0.001",
+            ["--model.optim.lr", "-1e-3"],
+            "model.optim.lr must be ≥ 0, got -0.001",
         ),  # parsed, though argparse reads -1e-3 as an option
-        (["--model.min_lr", "-.5e-4"], "model.min_lr must be ≥ 0, got -5e-05"),
+        (["--model.optim.min_lr", "-.5e-4"], "model.optim.min_lr must be ≥ 0, got -5e-05"),
         (["--data.weights", '{"nope": 1}'], "data.weights names unknown source 'nope'"),
         (["--data.weights", '{"nope": 1}', "--data.weights", "{}"], "data.weights has no weight for source"),
         # Lightning's "fsdp requires a GPU accelerator" traceback would come first on a CPU
-        (["--model.optimizer", "muon", "--trainer.strategy", "fsdp"], "model.optimizer: muon cannot run under FSDP"),
+        (["--model.optim.name", "muon", "--trainer.strategy", "fsdp"], "model.optim.name: muon cannot run under FSDP"),
         (
-            ["--model.optimizer", "muon", "--config", str(ROOT / "configs/trainer/fsdp.yaml")],
+            ["--model.optim.name", "muon", "--config", str(ROOT / "configs/trainer/fsdp.yaml")],
             "muon cannot run under FSDP",
         ),
     ],

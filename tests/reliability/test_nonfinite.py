@@ -13,6 +13,7 @@ from lm.checkpoint import load_checkpoint
 from lm.data.datamodule import TokenDataModule
 from lm.errors import UserError
 from lm.module import LanguageModel
+from lm.optim import MuonConfig, OptimConfig
 from tests.conftest import quiet_trainer, tiny_config
 
 
@@ -44,11 +45,18 @@ class WeightRecorder(L.Callback):
 
 
 def fit(
-    corpus, tmp_path, bad_steps, max_consecutive=3, max_steps=5, optimizer="adamw", model_class=None, **trainer_args
+    corpus,
+    tmp_path,
+    bad_steps,
+    max_consecutive=3,
+    max_steps=5,
+    optimizer="adamw",
+    muon=None,
+    model_class=None,
+    **trainer_args,
 ):
-    model = (model_class or PoisonedModel)(
-        bad_steps, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1, optimizer=optimizer
-    )
+    optim = OptimConfig(name=optimizer, lr=1e-3, warmup_steps=1, muon=muon or MuonConfig())
+    model = (model_class or PoisonedModel)(bad_steps, config=tiny_config(n_layer=1), optim=optim)
     data = TokenDataModule(corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     recorder = WeightRecorder()
     trainer = quiet_trainer(
@@ -63,9 +71,14 @@ def fit(
     return trainer, model, recorder, lambda: trainer.fit(model, data)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "muon-variants"])
 def test_a_nan_step_is_skipped_and_counted(text_corpus, tmp_path, optimizer):
-    trainer, model, recorder, run = fit(text_corpus, tmp_path, {2}, optimizer=optimizer, enable_checkpointing=False)
+    variants = MuonConfig(orthogonalization="polar_express", normuon=True, cautious_weight_decay=True, split_fused=True)
+    muon = variants if optimizer == "muon-variants" else None
+    optimizer = optimizer.removesuffix("-variants")
+    trainer, model, recorder, run = fit(
+        text_corpus, tmp_path, {2}, optimizer=optimizer, muon=muon, enable_checkpointing=False
+    )
     run()
     weights = recorder.after
     assert torch.equal(weights[2], weights[1])  # step 3 (global_step 2 -> 3) changed nothing
@@ -106,7 +119,7 @@ def test_clipping_with_the_guards_norm_equals_lightnings_clipping(text_corpus, t
     runs = []
     for guard in (True, False):
         torch.manual_seed(0)
-        model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+        model = LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(lr=1e-3, warmup_steps=1))
         data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
         recorder = WeightRecorder()
         trainer = quiet_trainer(

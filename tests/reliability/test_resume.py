@@ -9,6 +9,7 @@ import torch
 from lm.callbacks.preemption import EXIT_PREEMPTED
 from lm.checkpoint import load_checkpoint
 from lm.cli import main
+from tests.conftest import MUON_VARIANTS
 from tests.reliability.helpers import (
     PERIODIC,
     ROOT,
@@ -168,17 +169,19 @@ def test_preemption_keeps_the_validation_of_its_step(signal_at, validated_every_
 @pytest.mark.parametrize(
     "settings",
     [
-        {"model.optimizer": "muon", "model.muon_lr": 0.02},
+        {"model.optim.name": "muon", "model.optim.muon.lr": 0.02},
+        {"model.optim.name": "muon", "model.optim.muon.lr": 0.02, **MUON_VARIANTS},
         {"data.packing": "bos_aligned"},
         # batch 64 tokens, 128 from step 4, 256 from step 6 (tests/test_batch_schedule.py); checkpoints at 3, 6, 9
         {"model.batch_schedule": [[192, 128], [512, 256]], "trainer.val_check_interval": 8},
         # rows of 8 tokens for steps 1-4, 16 for steps 5-8, then data.seq_len (32)
         {"data.seq_len_warmup": [[8, 256], [16, 512]]},
     ],
-    ids=["muon", "bos_aligned", "batch_schedule", "seq_len_warmup"],
+    ids=["muon", "muon-variants", "bos_aligned", "batch_schedule", "seq_len_warmup"],
 )
 def test_kill_9_then_resume_matches_its_uninterrupted_run(settings, text_corpus, tmp_path):
-    """Muon's momentum and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come back exactly from last.ckpt;
+    """Muon's momentum (and NorMuon's second moment) and AdamW's moments (one optimizer, lm.optim.MuonAdamW) come
+    back exactly from last.ckpt;
     BOS-aligned rows continue from the samples consumed, as windows do; a batch schedule takes up the phase of the
     restored step (its accumulation is a function of the step), a sequence-length warm-up the row length of the
     restored data position."""

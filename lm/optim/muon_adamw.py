@@ -1,16 +1,16 @@
 """Muon for the blocks' weight matrices and AdamW for everything else, as one optimizer.
 
 Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers") orthogonalizes each weight matrix's momentum with
-a few Newton-Schulz iterations; it is defined for 2-D matrices, so the embeddings, the output layer, norms and
-biases stay with AdamW (as in the GPT-2 speedrun, nanochat and torchtitan). torch ships both optimizers; what this
-module adds is only what Lightning needs and torch does not have:
+a few Newton-Schulz iterations (lm.optim.muon adds its variants); it is defined for 2-D matrices, so the embeddings,
+the output layer, norms and biases stay with AdamW (as in the GPT-2 speedrun, nanochat and torchtitan). torch ships
+both optimizers; what this module adds is only what Lightning needs and torch does not have:
 
 - One optimizer object: Lightning's automatic optimization (accumulation, clipping, precision, checkpoints) and the
-  LR scheduler drive one. `MuonAdamW` holds torch's `Muon` and fused `AdamW` and shares their parameter groups, so
+  LR scheduler drive one. `MuonAdamW` holds a Muon and a fused AdamW and shares their parameter groups, so
   the scheduler's factor scales both learning rates, and its state dict holds both states.
 - Skipping a non-finite step (lm.callbacks.nonfinite): fused AdamW takes `found_inf` on the device, torch's Muon
-  takes none, so `MuonAdamW` reads the flag on the host, once per optimizer step (one sync per accumulation window;
-  AdamW alone never syncs).
+  (and lm's) takes none, so `MuonAdamW` reads the flag on the host, once per optimizer step (one sync per
+  accumulation window; AdamW alone never syncs).
 
 Under FSDP each rank holds a shard of every matrix while Muon needs whole ones: LanguageModel refuses that pair.
 """
@@ -19,20 +19,17 @@ import torch
 
 
 class MuonAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon over `muon_groups` and fused torch.optim.AdamW over `adamw_groups`, stepped together."""
+    """A Muon over the blocks' matrices and a fused AdamW over the rest, stepped together."""
 
     accepts_found_inf = True  # NonFiniteGuard: set `found_inf` (0./1. on the device) and a flagged step is skipped
 
-    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon: dict, adamw: dict):
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.AdamW):
         """
         Args:
-            muon_groups: Parameter groups of 2-D matrices for torch.optim.Muon.
-            adamw_groups: Parameter groups of everything else for torch.optim.AdamW (fused).
-            muon: Keyword arguments of torch.optim.Muon (lr, weight_decay, momentum, ...).
-            adamw: Keyword arguments of torch.optim.AdamW (lr, betas, ...).
+            muon: torch.optim.Muon, or lm.optim.muon.Muon for the variants, over the blocks' weight matrices.
+            adamw: Fused torch.optim.AdamW (or lm.optim.adamw.CautiousAdamW) over everything else.
         """
-        self.adamw = torch.optim.AdamW(adamw_groups, fused=True, **adamw)
-        self.muon = torch.optim.Muon(muon_groups, **muon)
+        self.adamw, self.muon = adamw, muon
         # The same group dicts: what the LR scheduler writes into them, both optimizers read.
         super().__init__([*self.adamw.param_groups, *self.muon.param_groups], defaults={})
 
