@@ -11,6 +11,7 @@ from lm.batch_schedule import BatchSchedule
 from lm.cli import main
 from lm.errors import UserError
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from tests.conftest import tiny_config, write_config
 from tests.reliability.helpers import assert_same_run
 
@@ -64,10 +65,12 @@ def test_bad_schedules_are_refused_in_one_line():
 
 def test_the_learning_rate_runs_in_tokens(monkeypatch):
     """With a schedule, the rate of a step is the constant-batch run's rate at the same tokens seen."""
-    module = LanguageModel(tiny_config(), warmup_steps=3, lr=1e-3, min_lr=1e-4, batch_schedule=POINTS)
+    module = LanguageModel(
+        tiny_config(), optim=OptimConfig(warmup_steps=3, lr=1e-3, min_lr=1e-4), batch_schedule=POINTS
+    )
     module.batch_phases = BatchSchedule(64, POINTS, 64)
     monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(max_steps=12), raising=False)
-    constant = LanguageModel(tiny_config(), warmup_steps=3, lr=1e-3, min_lr=1e-4)
+    constant = LanguageModel(tiny_config(), optim=OptimConfig(warmup_steps=3, lr=1e-3, min_lr=1e-4))
     last = module.batch_phases.tokens_at(11) // 64  # 28 steps of 64 tokens before the last step
     with monkeypatch.context() as m:
         m.setattr(LanguageModel, "trainer", SimpleNamespace(max_steps=last + 1), raising=False)

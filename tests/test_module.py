@@ -199,7 +199,7 @@ def test_token_byte_lengths_add_up_to_the_manifest_bytes(text_corpus):
 
 
 def test_a_flop_budget_sets_the_steps_from_the_models_own_count(monkeypatch):
-    module = LanguageModel(config=tiny_config("modern"), max_flops=1e12, warmup_steps=0)
+    module = LanguageModel(config=tiny_config("modern"), max_flops=1e12, optim=OptimConfig(warmup_steps=0))
     data = SimpleNamespace(batch_size=2, seq_len=16)
     trainer = SimpleNamespace(max_steps=-1, accumulate_grad_batches=1, world_size=1, datamodule=data)
     trainer.fit_loop = SimpleNamespace(epoch_loop=trainer)
@@ -232,7 +232,7 @@ def test_gradient_clipping_scales_the_gradients_to_the_clip_norm(text_corpus, tm
     from lm.callbacks.nonfinite import NonFiniteGuard
 
     clip = 0.05  # far below the gradient norm of a fresh model (~2): every step is clipped
-    model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+    model = LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(lr=1e-3, warmup_steps=1))
     data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     recorder = GradientRecorder()
     callbacks = [recorder, *([NonFiniteGuard()] if guard else [])]

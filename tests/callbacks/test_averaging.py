@@ -12,6 +12,7 @@ from lm.checkpoint import AVERAGED, load_checkpoint, load_model
 from lm.data.datamodule import TokenDataModule
 from lm.errors import UserError
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from lm.train import run
 from tests.conftest import quiet_trainer, tiny_config, write_config
 from tests.reliability.helpers import assert_same_run
@@ -34,7 +35,7 @@ class Recorder(L.Callback):
 
 def test_the_average_is_the_warmed_up_ema_of_the_weights_and_is_validated_beside_them(text_corpus, tmp_path):
     ema, recorder = ExponentialMovingAverage(start_step=3, decay=0.8), Recorder()
-    model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-2, warmup_steps=1)
+    model = LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(lr=1e-2, warmup_steps=1))
     data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=2)
     trainer = quiet_trainer(
         tmp_path, max_steps=8, val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=2,
@@ -124,7 +125,7 @@ def test_a_crashed_run_resumes_the_weights_and_their_average_exactly(text_corpus
 
 def test_load_model_gives_the_average_when_asked(text_corpus, tmp_path):
     ema = ExponentialMovingAverage(start_step=1, decay=0.5)
-    model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-2, warmup_steps=1)
+    model = LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(lr=1e-2, warmup_steps=1))
     data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[ema])
     trainer.fit(model, data)
@@ -136,7 +137,7 @@ def test_load_model_gives_the_average_when_asked(text_corpus, tmp_path):
         assert torch.equal(raw.state_dict()[name], model.model.state_dict()[name]), name
 
     plain = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    plain.fit(LanguageModel(config=tiny_config(n_layer=1), warmup_steps=1), data)
+    plain.fit(LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(warmup_steps=1)), data)
     plain.save_checkpoint(tmp_path / "plain.ckpt")
     with pytest.raises(UserError, match="holds no averaged weights"):
         load_model(tmp_path / "plain.ckpt", weights="ema")

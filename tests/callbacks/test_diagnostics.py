@@ -7,6 +7,7 @@ import torch
 from lm.callbacks.diagnostics import TrainingDiagnostics
 from lm.data.datamodule import TokenDataModule
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from tests.conftest import quiet_trainer, tiny_config
 
 
@@ -35,7 +36,7 @@ def norm(tensors) -> float:
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_group_norms_and_update_ratios_at_logging_steps(text_corpus, tmp_path, optimizer):
-    model = LanguageModel(config=tiny_config(n_layer=1), lr=1e-2, warmup_steps=1, optimizer=optimizer)
+    model = LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(name=optimizer, lr=1e-2, warmup_steps=1))
     data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     by_hand, diagnostics = ByHand(), TrainingDiagnostics(enabled=True)
     trainer = quiet_trainer(

@@ -10,6 +10,7 @@ from lm.callbacks.spikes import LossSpikeDetector
 from lm.data.datamodule import TokenDataModule
 from lm.errors import UserError
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from tests.conftest import quiet_trainer, tiny_config
 
 
@@ -65,7 +66,7 @@ def test_a_spike_is_only_reported_unless_skip(text_corpus, tmp_path):
 
 
 def test_skipping_needs_the_non_finite_guard_before_it(text_corpus, tmp_path):
-    model = LanguageModel(config=tiny_config(n_layer=1), warmup_steps=1)
+    model = LanguageModel(config=tiny_config(n_layer=1), optim=OptimConfig(warmup_steps=1))
     data = TokenDataModule(text_corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LossSpikeDetector(threshold=6, skip=True)])
     with pytest.raises(UserError, match="needs the non-finite guard"):
