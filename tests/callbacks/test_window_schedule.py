@@ -79,16 +79,18 @@ def test_the_schedule_recompiles_once_per_size():
         return gm.forward
 
     torch._dynamo.reset()
-    model = GPT(tiny_config(n_layer=2, block_size=16, window_pattern="SL", sliding_window=12))
+    knobs = dict(attention_mask="document", window_pattern="SL", sliding_window=12)
+    model = GPT(tiny_config(n_layer=2, block_size=16, **knobs))
     forward = torch.compile(model.forward, backend=counting_backend)
     schedule, config = SlidingWindowSchedule(start=4, share=0.5, stages=2), model.config
     ids = torch.randint(0, 50257, (2, 16))
+    ids[:, 5] = 50256
     for step in range(8):
         windows = config.layer_windows(schedule.window(step, 8, config.sliding_window))
         if windows != model.layer_windows:
             model.layer_windows = windows
         forward(ids, ids)
-    assert len(graphs) == 3  # windows 4, 8, 12
+    assert len(graphs) == 3  # windows 4, 8, 12; no graph breaks in the masks
 
 
 def test_a_schedule_without_s_layers_is_refused():
