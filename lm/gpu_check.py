@@ -137,9 +137,8 @@ class Case:
 
 DOCUMENT = {"model.config.attention_mask": "document"}
 SSSL = {"model.config.window_pattern": "SSSL", "model.config.sliding_window": 512}  # nanochat's: S = half the context
-SDPA, FLEX, VARLEN = ({"model.config.attention_backend": name} for name in ("sdpa", "flex", "varlen"))
+SDPA, FLEX = ({"model.config.attention_backend": name} for name in ("sdpa", "flex"))
 FLEX_CPU = "FlexAttention has no backward on the CPU"
-VARLEN_CPU = "varlen attention is a CUDA kernel"
 MUON = {"model.optim.name": "muon"}
 
 # Section 2. The lead extends this table as features land (keys as their issues name them).
@@ -149,7 +148,6 @@ CASES = [
     Case("causal, flex", FLEX, FLEX_CPU),
     Case("document, sdpa mask", {**DOCUMENT, **SDPA}),
     Case("document, flex", {**DOCUMENT, **FLEX}, FLEX_CPU),
-    Case("document, varlen", {**DOCUMENT, **VARLEN}, VARLEN_CPU),
     Case("sliding window SSSL 512, default backend", SSSL),
     Case("document + sliding window SSSL 512, flex", {**DOCUMENT, **SSSL, **FLEX}, FLEX_CPU),
     Case("muon newton_schulz", MUON),
@@ -590,7 +588,6 @@ CHECKS = [
     Check("compiled = eager, bf16-mixed: loss and gradients (modern)", compiled_matches_eager(True, ("modern",))),
     Check("document masking = each document alone, fp32 (classic, modern)", documents_alone, DOCUMENT),
     Check("flex = sdpa mask (document)", backend_matches_sdpa, {**DOCUMENT, **FLEX}, FLEX_CPU),
-    Check("varlen = sdpa mask (document)", backend_matches_sdpa, {**DOCUMENT, **VARLEN}, VARLEN_CPU),
     Check("flex = sdpa mask (document + window SSSL)", backend_matches_sdpa, {**DOCUMENT, **SSSL, **FLEX}, FLEX_CPU),
 ]
 

@@ -5,9 +5,17 @@ import lightning as L
 from lm.callbacks.run_summary import RunSummaryCallback
 from lm.callbacks.samples import SampleCallback
 from lm.callbacks.throughput import ThroughputCallback
+from lm.callbacks.window_schedule import SlidingWindowSchedule
 from lm.eval.hellaswag import HellaSwagCallback
 
-__all__ = ["HellaSwagCallback", "RunSummaryCallback", "SampleCallback", "ThroughputCallback", "default_callbacks"]
+__all__ = [
+    "HellaSwagCallback",
+    "RunSummaryCallback",
+    "SampleCallback",
+    "SlidingWindowSchedule",
+    "ThroughputCallback",
+    "default_callbacks",
+]
 
 
 def default_callbacks() -> list[L.Callback]:

@@ -1,5 +1,6 @@
 """Hugging Face interop: lm's GPT ↔ transformers' GPT2LMHeadModel (classic), LlamaForCausalLM (modern) and
-Qwen3ForCausalLM (modern with QK-norm).
+Qwen3ForCausalLM (modern with QK-norm); sliding windows export to MistralForCausalLM (a window on every layer),
+MinistralForCausalLM (windows on some layers) or Qwen3ForCausalLM (with QK-norm, windows per layer).
 
 Design choices:
 - Only torch, safetensors and json are needed: transformers is for whoever loads the exported directory, it is
@@ -8,6 +9,11 @@ Design choices:
 - modern is Llama without grouped-query attention: our fused c_attn (q, k, v) and c_fc (gate, up) are split
   into Llama's projections. Our RoPE uses Llama's rotate-half layout, so q and k need no permutation. With
   QK-norm it is Qwen3, which is Llama plus an RMSNorm of each head's queries and keys before RoPE, as ours.
+  Mistral and Ministral are Llama with sliding windows (on every layer, or per layer as `layer_types`), under the
+  same rule as ours: query i sees keys i - sliding_window + 1 … i.
+- Document masking is how the model was trained, not a different function of one document: a model trained with
+  it computes on a single document exactly what the exported model does, so it exports as it is. Several documents
+  in one sequence attend to each other in transformers; feed them one at a time.
 - A config no transformers architecture computes exactly (a soft cap on the logits, a modern block with a plain
   GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one line naming the key,
   never exported approximately.
@@ -37,7 +43,13 @@ VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Tensors some checkpoints carry that are buffers, not weights: GPT-2's causal masks, old Llama's RoPE frequencies.
 BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "ministral": "MinistralForCausalLM",
+}
 
 
 def hf_model_type(config: ModelConfig) -> str:
@@ -46,16 +58,22 @@ def hf_model_type(config: ModelConfig) -> str:
         "logit_softcap": config.logit_softcap is not None,
         "mlp_activation": config.activation != ("gelu" if config.block == "classic" else "swiglu"),
         "qk_norm": config.qk_norm and config.block == "classic",
+        "window_pattern": config.window_pattern is not None and config.block == "classic",
     }
     for key, is_set in unsupported.items():
         if is_set:
             raise UserError(
                 f"model.config.{key} = {getattr(config, key)!r} ({config.block} block) has no exact counterpart in "
-                "transformers' GPT-2, Llama or Qwen3: this model cannot be exported"
+                "transformers' GPT-2, Llama, Mistral, Ministral or Qwen3: this model cannot be exported"
             )
+    windows = config.layer_windows()
     if config.block == "classic":
         return "gpt2"
-    return "qwen3" if config.qk_norm else "llama"
+    if config.qk_norm:
+        return "qwen3"
+    if all(windows):
+        return "mistral"
+    return "ministral" if any(windows) else "llama"
 
 
 # ---- state dicts ---------------------------------------------------------------------------------------
@@ -169,9 +187,23 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
         "mlp_bias": False,
         "attention_dropout": c.dropout,
     }
+    windows = c.layer_windows()
+    layer_types = ["sliding_attention" if window else "full_attention" for window in windows]
     if model_type == "llama":
         return llama
-    return llama | {"model_type": "qwen3", "use_sliding_window": False, "sliding_window": None}
+    if model_type == "mistral":
+        return llama | {"model_type": "mistral", "sliding_window": c.sliding_window}
+    if model_type == "ministral":
+        return llama | {"model_type": "ministral", "sliding_window": c.sliding_window, "layer_types": layer_types}
+    if not any(windows):
+        return llama | {"model_type": "qwen3", "use_sliding_window": False, "sliding_window": None}
+    return llama | {
+        "model_type": "qwen3",
+        "use_sliding_window": True,
+        "sliding_window": c.sliding_window,
+        "max_window_layers": 0,
+        "layer_types": layer_types,
+    }
 
 
 def model_config(hf: dict, where: Path) -> ModelConfig:

@@ -4,6 +4,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from lm.data.tokenizer import EOT
+
 ASPECT_RATIO = 64  # the `depth` dial: width per layer
 HEAD_DIM = 64  # ... and the width of each attention head
 
@@ -37,6 +39,16 @@ class ModelConfig:
             (and before RoPE), as in Qwen3, OLMo 2 and Gemma 3: keeps attention logits bounded at high learning rates.
         logit_softcap: Cap the output logits smoothly at ±logit_softcap (c · tanh(logits / c)), as in Gemma 2 and
             the GPT-2 speedrun; null: no cap.
+        attention_mask: "causal": every earlier token of the row; "document": only earlier tokens of the token's own
+            document, whose positions restart at 0. <|endoftext|> (50256) starts a document: it is the first token
+            of the document that follows it (see lm/model/attention.py).
+        window_pattern: Which layers see a sliding window, tiled over the layers: "L" = the full context, "S" =
+            the last `sliding_window` tokens ("SSSL": three windowed layers, then a full one); null: all full.
+        sliding_window: Tokens an "S" layer's query sees, itself included: query i sees keys i - w + 1 … i (never
+            across a document under document masking). A window no shorter than the context is full attention.
+        attention_backend: "auto": PyTorch's causal SDPA kernels for plain causal attention, FlexAttention on CUDA
+            for other masks, SDPA with a boolean mask elsewhere; "sdpa" or "flex" force one (flex cannot train on a
+            CPU). Runtime only: it never changes what the model computes.
     """
 
     block: Literal["classic", "modern"] = "modern"
@@ -55,6 +67,10 @@ class ModelConfig:
     mlp_activation: Literal["swiglu", "gelu", "relu2"] | None = None
     qk_norm: bool = False
     logit_softcap: float | None = None
+    attention_mask: Literal["causal", "document"] = "causal"
+    window_pattern: str | None = None  # e.g. "SSSL": S = sliding_window tokens, L = full context; tiled over layers
+    sliding_window: int | None = None
+    attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
 
     def __post_init__(self):
         if self.depth is not None and self.depth <= 0:
@@ -82,6 +98,35 @@ class ModelConfig:
             raise ValueError(f"model config 'mlp_activation' is swiglu, gelu or relu2, not {self.mlp_activation!r}")
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise ValueError(f"model config 'logit_softcap' must be positive (or null), got {self.logit_softcap}")
+        self._check_attention()
+
+    def _check_attention(self):
+        if self.attention_mask not in ("causal", "document"):
+            raise ValueError(f"model config 'attention_mask' is causal or document, not {self.attention_mask!r}")
+        if self.attention_mask == "document" and self.vocab_size <= EOT:
+            raise ValueError(
+                f"model config 'attention_mask: document' needs <|endoftext|> ({EOT}) in the vocabulary "
+                f"(vocab_size {self.vocab_size})"
+            )
+        if self.attention_backend not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"model config 'attention_backend' is auto, sdpa or flex, not {self.attention_backend!r}")
+        if self.attention_backend == "flex" and self.dropout:
+            raise ValueError("model config 'attention_backend: flex' has no attention dropout: set dropout 0 or sdpa")
+        if self.window_pattern is not None and (not self.window_pattern or set(self.window_pattern) - {"S", "L"}):
+            raise ValueError(f"model config 'window_pattern' is made of S and L (or null), not {self.window_pattern!r}")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"model config 'sliding_window' must be positive (or null), got {self.sliding_window}")
+        if "S" in (self.window_pattern or "") and self.sliding_window is None:
+            raise ValueError(f"model config 'window_pattern' {self.window_pattern!r} has S layers: set sliding_window")
+        if self.sliding_window is not None and "S" not in (self.window_pattern or ""):
+            raise ValueError("model config 'sliding_window' is set but no layer uses it: set window_pattern (e.g. 'S')")
+
+    def layer_windows(self, sliding_window: int | None = None) -> list[int | None]:
+        """Each layer's attention window in tokens (None: the full context): window_pattern tiled over the layers,
+        S layers seeing `sliding_window` tokens (default: the config's; a schedule may pass a smaller one)."""
+        pattern = self.window_pattern or "L"
+        short = sliding_window or self.sliding_window
+        return [short if pattern[i % len(pattern)] == "S" else None for i in range(self.n_layer)]
 
     @property
     def head_dim(self) -> int:

@@ -5,7 +5,10 @@ Design choices:
   "modern" swaps in RoPE, RMSNorm, a SwiGLU MLP and drops biases. Parameter names are shared, so the
   training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Three knobs
   of the config change a block further: the MLP's activation, QK-norm and a soft cap on the output logits.
-- Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available).
+- Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available) under a
+  plain causal mask. Document masking and sliding windows (config knobs, resolved at build time to each layer's
+  window) build one mask per forward pass, shared by the layers, in lm/model/attention.py, which also picks the
+  kernel (FlexAttention on CUDA, SDPA with a boolean mask elsewhere).
 - The vocabulary may be padded (50257 → 50304) for faster matmuls; logits are cut back to the real
   vocabulary before the loss and sampling, so padded ids can never be predicted.
 - A preallocated KV cache makes generation linear in its length.
@@ -20,7 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lm.data.tokenizer import EOT
 from lm.errors import UserError
+from lm.model.attention import Mask, attend, layout, resolve_backend
 from lm.model.config import ModelConfig
 from lm.model.loss import cross_entropy
 
@@ -38,6 +43,7 @@ def rope_cache(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Te
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates x (B, nh, T, hs) by cos/sin of (T, hs), or (B, 1, T, hs) when positions differ between rows."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x * cos + rotated * sin).type_as(x)
@@ -72,7 +78,7 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = config.qk_norm
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, pos: int, mask: Mask):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
@@ -84,9 +90,7 @@ class CausalSelfAttention(nn.Module):
             if pos > 0 and T > 1:
                 raise ValueError("the KV cache takes a prompt at position 0, then one token at a time")
             k, v = self.cache.update(pos, k, v)  # (B, nh, pos + T, hs)
-        dropout = self.dropout if self.training else 0.0
-        # One new token attends to every cached position; a prompt attends causally.
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -128,8 +132,8 @@ class Block(nn.Module):
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, pos):
-        x = x + self.attn(self.ln_1(x), rope, pos)
+    def forward(self, x, rope, pos, mask):
+        x = x + self.attn(self.ln_1(x), rope, pos, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -151,6 +155,9 @@ class GPT(nn.Module):
             cos, sin = rope_cache(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        self.layer_windows = config.layer_windows()  # each layer's attention window (None: full context)
+        self.eot = EOT if config.attention_mask == "document" else None  # the token that starts a document
+        self.cache_doc_start: torch.Tensor | None = None  # (B,) start of each row's open document in the KV cache
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -195,18 +202,27 @@ class GPT(nn.Module):
         B, T = idx.size()
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of {pos + T} tokens exceeds the context of {self.config.block_size}")
+        # Positions (restarting at each document under document masking) and one mask per window, for all layers.
+        caching = self.transformer.h[0].attn.cache is not None
+        backend = "sdpa" if caching else resolve_backend(self.config.attention_backend, idx.device, self.config.dropout)
+        attn = layout(idx, pos, self.layer_windows, self.eot, backend, self.cache_doc_start if caching else None)
+        if caching and attn.doc_start is not None:
+            self.cache_doc_start = attn.doc_start[:, -1]
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.block == "classic":
-            x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))
+            x = x + self.transformer.wpe(attn.positions)
         else:
-            rope = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]
+            rope = self.rope_cos[attn.positions], self.rope_sin[attn.positions]  # (T, hs), or (B, T, hs) per row
+            if attn.positions.dim() == 2:
+                rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # (B, 1, T, hs): broadcast over heads
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
+        for block, window in zip(self.transformer.h, self.layer_windows):
+            mask = attn.masks[window]
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rope, pos, use_reentrant=False)
+                x = checkpoint(block, x, rope, pos, mask, use_reentrant=False)
             else:
-                x = block(x, rope, pos)
+                x = block(x, rope, pos, mask)
         x = self.transformer.ln_f(x)
         c = self.config
         if targets is not None and self.loss_chunk_tokens:
@@ -237,15 +253,17 @@ class GPT(nn.Module):
         return self._num_params - self._embedding_params if non_embedding else self._num_params
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6 per matmul weight + 12·L·H·Q·T for attention (PaLM, appendix B).
+        """Training FLOPs per token: 6 per matmul weight + 12·H·Q·T per layer for attention (PaLM, appendix B).
 
         Embedding lookups do no matmul, so they are left out; the output layer is one (vocab × n_embd) matmul
         whether or not it shares the embedding's weights. Attention is counted for the full T × T score matrix
-        (as FlashAttention's and PaLM's counts do), not the causal half.
+        (as FlashAttention's and PaLM's counts do), not the causal half; a layer with a sliding window of w tokens
+        counts min(T, w) keys per query. Document masking is not subtracted (it depends on the data).
         """
         c = self.config
         T = seq_len or c.block_size
-        return 6 * self._matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * T
+        keys = sum(min(T, window or T) for window in c.layer_windows())
+        return 6 * self._matmul_params + 12 * c.n_head * c.head_dim * keys
 
     # ---- generation ----------------------------------------------------------------------------------
 
@@ -288,6 +306,7 @@ class GPT(nn.Module):
 
     def _set_kv_cache(self, batch_size: int | None, device=None):
         c = self.config
+        self.cache_doc_start = None if batch_size is None else torch.zeros(batch_size, dtype=torch.long, device=device)
         for block in self.transformer.h:
             block.attn.cache = (
                 None

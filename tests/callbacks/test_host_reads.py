@@ -14,7 +14,9 @@ class ReadsTheLossEveryStep(L.Callback):
         float(outputs["loss"])
 
 
-def count_reads(tmp_path, text_corpus, *callbacks, args: tuple[str, ...] = ()) -> dict:
+def count_reads(
+    tmp_path, text_corpus, *callbacks, model_config: dict | None = None, args: tuple[str, ...] = ()
+) -> dict:
     """8 steps through `python -m lm fit`'s stack (every default callback, the progress bar, TensorBoard,
     checkpoints), logging every 4 steps, validating at 4 and 8."""
     settings = {
@@ -23,6 +25,7 @@ def count_reads(tmp_path, text_corpus, *callbacks, args: tuple[str, ...] = ()) -
         "trainer.val_check_interval": 4,
         "trainer.enable_progress_bar": True,
     }
+    settings |= {f"model.config.{key}": value for key, value in (model_config or {}).items()}
     config = write_config(tmp_path / "run.yaml", text_corpus, tmp_path / "run", **settings)
     counter = HostReadCounter()
     run(["fit", "--config", config, "--overwrite", "true", *args], callbacks=(counter, *callbacks))
@@ -38,6 +41,12 @@ def test_no_host_reads_between_logging_steps(tmp_path, text_corpus):
     # the validation DataLoader that a validation at the same step starts (a CPU tensor on a GPU) 1.
     assert reads["per_logging_step"] == [22, 23]
     assert 0 < reads["validation"] <= 40
+
+
+def test_document_masking_and_windows_read_nothing_from_the_device(tmp_path, text_corpus):
+    """Document starts are computed from the ids on the device; masks and positions need no host value."""
+    masking = {"attention_mask": "document", "window_pattern": "S", "sliding_window": 8}
+    assert count_reads(tmp_path, text_corpus, model_config=masking)["between_logging_steps"] == 0
 
 
 def test_the_counter_sees_a_read_per_step(tmp_path, text_corpus):

@@ -47,6 +47,33 @@ def test_qk_norm_exports_as_qwen3(tmp_path, tied):
     assert torch.equal(ours, theirs[:, 4:])
 
 
+WINDOWED = {
+    "MistralForCausalLM": dict(window_pattern="S", sliding_window=5),
+    "MinistralForCausalLM": dict(window_pattern="SL", sliding_window=5),
+    "Qwen3ForCausalLM": dict(window_pattern="LS", sliding_window=5, qk_norm=True),
+}
+
+
+@pytest.mark.parametrize("architecture", WINDOWED)
+def test_sliding_windows_export_exactly(tmp_path, architecture):
+    """Each layer's window as transformers computes it (16 tokens, windows of 5): logits to 1e-4."""
+    model, hf_model = exported(tmp_path, "modern", vocab_size=1000, **WINDOWED[architecture])
+    assert type(hf_model).__name__ == architecture
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
+    full = perturb(GPT(tiny_config("modern", vocab_size=1000, qk_norm=architecture.startswith("Qwen"))))
+    full.load_state_dict(model.state_dict())
+    assert (full(IDS) - model(IDS)).abs().max() > 1e-3  # the windows matter on these tokens
+
+
+def test_document_masking_exports_exact_on_a_single_document(tmp_path):
+    model, hf_model = exported(tmp_path, "modern", attention_mask="document", window_pattern="S", sliding_window=6)
+    document = IDS.clone()
+    document[:, 0] = 50256  # a document starts with <|endoftext|>
+    with torch.no_grad():
+        assert (hf_logits(hf_model, document) - model(document)).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize(
     "block, knob",
     [
@@ -55,6 +82,7 @@ def test_qk_norm_exports_as_qwen3(tmp_path, tied):
         ("modern", {"mlp_activation": "gelu"}),
         ("classic", {"qk_norm": True}),
         ("classic", {"mlp_activation": "swiglu"}),
+        ("classic", {"window_pattern": "S", "sliding_window": 4}),
     ],
 )
 def test_a_config_transformers_cannot_compute_exactly_is_refused(tmp_path, block, knob):
