@@ -114,6 +114,9 @@ class LMCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand in ("validate", "test") and ckpt_path in ("last", "best"):
+            # Lightning knows "best" only within the process that ran fit: here both name the run's files.
+            ckpt_path = self.config[subcommand].ckpt_path = str(named_checkpoint(self.config[subcommand], ckpt_path))
         if ckpt_path not in (None, "last", "best", "hpc"):
             load_checkpoint(ckpt_path)  # one line if missing, truncated or needing pickle; Lightning reads it next
 
@@ -245,6 +248,19 @@ def checkpoint_to_resume(config) -> Path | None:
         return Path(config.ckpt_path)
     found = checkpoint_dir(config).glob("last*.ckpt")
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def named_checkpoint(config, name: str) -> Path:
+    """The run's best.ckpt, or its newest last*.ckpt, for validate and test; one line if there is none."""
+    folder = checkpoint_dir(config)
+    found = [folder / "best.ckpt"] if name == "best" else list(folder.glob("last*.ckpt"))
+    found = [path for path in found if path.is_file()]
+    if not found:
+        raise UserError(
+            f"--ckpt_path {name}: no {name}.ckpt in {folder} (trainer.default_root_dir or checkpoint.dirpath names the "
+            "run); pass the checkpoint's path instead"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime)
 
 
 def checkpoint_dir(config) -> Path:

@@ -27,6 +27,24 @@ def test_fit_then_validate(text_corpus, tmp_path, capsys):
     main(["validate", "--config", config, "--ckpt_path", str(run / "checkpoints" / "best.ckpt")])
     out = capsys.readouterr().out
     assert "val/loss" in out and "val/ppl" in out and "val/bpb" in out
+    by_path = json.loads((run / "validate" / "best" / "metrics.json").read_text())
+    for name in ("best", "last"):  # the run's own files, in a new Trainer (Lightning knows "best" only after fit)
+        main(["validate", "--config", config, "--ckpt_path", name])
+        results = json.loads((run / "validate" / name / "metrics.json").read_text())
+        assert results["ckpt_path"] == str(run / "checkpoints" / f"{name}.ckpt")
+        assert results["metrics"]["val/loss"] == by_path["metrics"]["val/loss"] or name == "last"
+    with pytest.raises(SystemExit, match="--ckpt_path best: no best.ckpt in .*elsewhere"):
+        main(
+            [
+                "validate",
+                "--config",
+                config,
+                "--ckpt_path",
+                "best",
+                "--trainer.default_root_dir",
+                str(tmp_path / "elsewhere"),
+            ]
+        )
 
     # The checkpoint alone rebuilds the model: same logits and greedy generation both ways of loading.
     module = LanguageModel.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True).eval()
