@@ -57,21 +57,23 @@ def build_optimizer(model: GPT, optim: OptimConfig, fused: bool = True) -> torch
     fused AdamW alone would do that only inside its step."""
     muon_groups, adamw_groups = parameter_groups(model, optim)
     adamw_class = CautiousAdamW if optim.adamw.cautious_weight_decay else torch.optim.AdamW
+    width = optim.lr_width / model.config.n_embd if optim.lr_width else 1.0  # the rates follow the width
     if optim.name == "adamw":
-        return adamw_class(adamw_groups, lr=optim.lr, betas=tuple(optim.adamw.betas), fused=fused)
+        return adamw_class(adamw_groups, lr=optim.lr * width, betas=tuple(optim.adamw.betas), fused=fused)
     # Always fused inside MuonAdamW: a GradScaler unscales the gradients before MuonAdamW's step (which does not take
     # a scaler's state), so the kernel never sees scaled ones.
-    adamw = adamw_class(adamw_groups, lr=optim.lr, betas=tuple(optim.adamw.betas), fused=True)
+    adamw = adamw_class(adamw_groups, lr=optim.lr * width, betas=tuple(optim.adamw.betas), fused=True)
     m = optim.muon
+    muon_lr = m.lr * width if m.lr_scaling == "match_rms_adamw" else m.lr
     if m.is_torch_muon():
         adjust_lr_fn = None if m.lr_scaling == "original" else m.lr_scaling
         muon = torch.optim.Muon(
-            muon_groups, lr=m.lr, weight_decay=m.weight_decay, momentum=m.momentum, adjust_lr_fn=adjust_lr_fn
+            muon_groups, lr=muon_lr, weight_decay=m.weight_decay, momentum=m.momentum, adjust_lr_fn=adjust_lr_fn
         )
     else:
         muon = Muon(
             muon_groups,
-            lr=m.lr,
+            lr=muon_lr,
             momentum=m.momentum,
             weight_decay=m.weight_decay,
             orthogonalization=m.orthogonalization,

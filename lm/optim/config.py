@@ -91,6 +91,11 @@ class OptimConfig:
         lr_schedule: "cosine" decays to `min_lr` over the run; "wsd" holds `lr`, then decays linearly over the
             last `decay_fraction` of steps; "constant" holds `lr` after warmup.
         decay_fraction: Share of the run spent decaying under "wsd".
+        lr_width: The width (n_embd) the rates were tuned at: the rates then follow the model's width, every AdamW
+            rate (and `min_lr`) × lr_width / n_embd — Adam's rule for hidden weights in µP (Yang et al. 2022), here on
+            every AdamW parameter, a simplification — and Muon's under `muon.lr_scaling: match_rms_adamw` too (its
+            update's RMS is AdamW's); under "original" Muon's rate already depends on each matrix's shape and is left
+            as it is. null: the rates as written, at every width (lm's behaviour before the key).
         adamw: AdamW's settings.
         muon: Muon's settings (read with name: muon).
     """
@@ -101,6 +106,7 @@ class OptimConfig:
     warmup_steps: int = 2000
     lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     decay_fraction: float = 0.2
+    lr_width: int | None = None
     adamw: AdamWConfig = field(default_factory=AdamWConfig)
     muon: MuonConfig = field(default_factory=MuonConfig)
 
@@ -126,6 +132,8 @@ class OptimConfig:
         ):
             if value < 0:
                 raise UserError(f"model.optim.{key} must be ≥ 0, got {value}")
+        if self.lr_width is not None and self.lr_width <= 0:
+            raise UserError(f"model.optim.lr_width must be a positive width (or null), got {self.lr_width}")
 
 
 # LanguageModel's flat optimizer arguments before model.optim existed, and where each one lives now.
