@@ -78,7 +78,11 @@ CONFIGS = {
 }
 # --tiny: every config shrunk to 2 layers × 32 wide and a 32-token context, eager (no compile).
 TINY = {
-    "model": {"config": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}, "compile": False, "lr": 1e-2},
+    "model": {
+        "config": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+        "compile": False,
+        "optim": {"lr": 1e-2},
+    },
     "data": {"seq_len": 32, "num_workers": 0},
 }
 BLOCKS = ("classic", "modern")

@@ -35,7 +35,7 @@ class WeightsAfterEachStep(L.Callback):
 
 
 def fit(corpus, tmp_path, skip: bool, accumulate: int = 1):
-    model = SpikyModel(7, config=tiny_config(n_layer=1), lr=1e-3, warmup_steps=1)
+    model = SpikyModel(7, config=tiny_config(n_layer=1), optim=OptimConfig(lr=1e-3, warmup_steps=1))
     data = TokenDataModule(corpus, seq_len=32, batch_size=2, num_workers=0, val_batches=1)
     detector, weights = LossSpikeDetector(threshold=6, skip=skip, warmup_steps=3), WeightsAfterEachStep()
     trainer = quiet_trainer(

@@ -8,6 +8,7 @@ from lm.callbacks import SlidingWindowSchedule
 from lm.errors import UserError
 from lm.model import GPT
 from lm.module import LanguageModel
+from lm.optim import OptimConfig
 from tests.callbacks.test_training_callbacks import RandomTokens
 from tests.conftest import tiny_config
 
@@ -31,7 +32,7 @@ class RecordWindows(L.Callback):
 def fit(root, ckpt_path=None) -> RecordWindows:
     torch.manual_seed(0)
     config = tiny_config(n_layer=2, block_size=16, window_pattern="SL", sliding_window=12)
-    module = LanguageModel(config=config, warmup_steps=2)
+    module = LanguageModel(config=config, optim=OptimConfig(warmup_steps=2))
     record = RecordWindows()
     trainer = L.Trainer(
         max_steps=8,
