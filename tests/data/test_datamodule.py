@@ -271,7 +271,10 @@ def test_what_workers_receive_pickles_to_a_few_kb(large, packing):
         assert torch.equal(next(iter(pickle.loads(data)))[0], next(iter(dataset))[0])
 
 
-@pytest.mark.parametrize("context, packing", [("spawn", "stream"), ("forkserver", "stream"), ("spawn", "bos_aligned")])
+@pytest.mark.parametrize(
+    "context, packing",
+    [("spawn", "stream"), ("forkserver", "stream"), pytest.param("spawn", "bos_aligned", marks=pytest.mark.slow)],
+)
 def test_workers_started_by_spawn_and_forkserver_read_the_same_batches(blend, context, packing):
     def batches(workers: int, context=None):
         dm = TokenDataModule(

@@ -166,16 +166,21 @@ def test_preemption_keeps_the_validation_of_its_step(signal_at, validated_every_
     assert best[0] == best[1]
 
 
+def slow(settings: dict):
+    return pytest.param(settings, marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
         {"model.optim.name": "muon", "model.optim.muon.lr": 0.02},
-        {"model.optim.name": "muon", "model.optim.muon.lr": 0.02, **MUON_VARIANTS},
-        {"data.packing": "bos_aligned"},
+        # The rest in `make test-slow` (each ~20 s; the default suite keeps the plain and Muon runs).
+        slow({"model.optim.name": "muon", "model.optim.muon.lr": 0.02, **MUON_VARIANTS}),
+        slow({"data.packing": "bos_aligned"}),
         # batch 64 tokens, 128 from step 4, 256 from step 6 (tests/test_batch_schedule.py); checkpoints at 3, 6, 9
-        {"model.batch_schedule": [[192, 128], [512, 256]], "trainer.val_check_interval": 8},
+        slow({"model.batch_schedule": [[192, 128], [512, 256]], "trainer.val_check_interval": 8}),
         # rows of 8 tokens for steps 1-4, 16 for steps 5-8, then data.seq_len (32)
-        {"data.seq_len_warmup": [[8, 256], [16, 512]]},
+        slow({"data.seq_len_warmup": [[8, 256], [16, 512]]}),
     ],
     ids=["muon", "muon-variants", "bos_aligned", "batch_schedule", "seq_len_warmup"],
 )
