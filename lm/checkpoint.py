@@ -9,6 +9,7 @@ AVERAGED; `weights="ema"` loads those instead of the trained ones.
 
 import hashlib
 import pickle
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
@@ -103,3 +104,40 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# Settings of how a model is trained or run, not of what it computes: a continuation may change them.
+NOT_ARCHITECTURE = ("dropout", "attention_backend")
+
+
+def base_config_and_weights(init_from: str, config: ModelConfig | None) -> tuple[ModelConfig, dict, dict]:
+    """(config, weights, checkpoint) of the base a continued pretraining starts from (`model.init_from`): the
+    architecture is the base's, so a `model.config` that differs from it is refused, naming the keys; only dropout
+    and the attention backend may change."""
+    base_config, state, ckpt = config_and_weights(init_from)
+    if config is not None:
+        conflicts = [
+            f.name
+            for f in fields(ModelConfig)
+            if f.name not in NOT_ARCHITECTURE and getattr(config, f.name) != getattr(base_config, f.name)
+        ]
+        if conflicts:
+            raise UserError(
+                f"model.config conflicts with the base checkpoint {init_from} on {conflicts}: the architecture "
+                "comes from the base, so drop model.config (or these keys) from the config"
+            )
+        for name in NOT_ARCHITECTURE:
+            setattr(base_config, name, getattr(config, name))
+    return base_config, state, ckpt
+
+
+def lineage_of(init_from: str, ckpt: dict) -> dict:
+    """Where a continued pretraining began: the base's path, and for an lm checkpoint its sha256, tokens and step
+    and its own lineage."""
+    base = {"path": str(Path(init_from).resolve())}
+    if ckpt:
+        base["sha256"] = file_sha256(init_from)
+        base["tokens_seen"] = ckpt.get("tokens_seen")
+        base["global_step"] = ckpt.get("global_step")
+        base["base_lineage"] = ckpt.get("lineage")
+    return base

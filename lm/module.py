@@ -15,7 +15,7 @@ Design choices:
 
 import io
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lm.batch_schedule import BatchSchedule
-from lm.checkpoint import config_and_weights, file_sha256, load_weights
+from lm.checkpoint import base_config_and_weights, lineage_of, load_weights
 from lm.data.tokenizer import token_byte_lengths
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
@@ -119,8 +119,8 @@ class LanguageModel(L.LightningModule):
             config = ModelConfig(**config)
         lineage = None
         if init_from is not None:
-            config, state, base = self._base_config_and_weights(init_from, config)
-            lineage = self._lineage(init_from, base)
+            config, state, base = base_config_and_weights(init_from, config)
+            lineage = lineage_of(init_from, base)
         elif config is None:
             raise UserError(
                 "no model architecture: set model.config (e.g. --config configs/model/...yaml) or model.init_from"
@@ -158,36 +158,6 @@ class LanguageModel(L.LightningModule):
                 torch.save(checkpoint, checkpoint_path)
                 checkpoint_path.seek(0)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-    # ---- continued pretraining -----------------------------------------------------------------------
-
-    @staticmethod
-    def _base_config_and_weights(init_from: str, config: ModelConfig | None):
-        base_config, state, ckpt = config_and_weights(init_from)
-        if config is not None:
-            # Dropout is a training setting, not architecture: it may change between base and continuation.
-            conflicts = [
-                f.name
-                for f in fields(ModelConfig)
-                if f.name != "dropout" and getattr(config, f.name) != getattr(base_config, f.name)
-            ]
-            if conflicts:
-                raise UserError(
-                    f"model.config conflicts with the base checkpoint {init_from} on {conflicts}: the architecture "
-                    "comes from the base, so drop model.config (or these keys) from the config"
-                )
-            base_config.dropout = config.dropout
-        return base_config, state, ckpt
-
-    @staticmethod
-    def _lineage(init_from: str, ckpt: dict) -> dict:
-        base = {"path": str(Path(init_from).resolve())}
-        if ckpt:
-            base["sha256"] = file_sha256(init_from)
-            base["tokens_seen"] = ckpt.get("tokens_seen")
-            base["global_step"] = ckpt.get("global_step")
-            base["base_lineage"] = ckpt.get("lineage")
-        return base
 
     # ---- setup ---------------------------------------------------------------------------------------
 
