@@ -42,6 +42,11 @@ class StepProgressBar(TQDMProgressBar):
             bar_format=self.BAR_FORMAT,
         )
 
+    def init_sanity_tqdm(self) -> Tqdm:
+        """No bar for Lightning's check of two validation batches before training: it would flash and vanish before
+        the training bar, which is the only one lm shows until the first validation."""
+        return Tqdm(disable=True)
+
     def on_train_epoch_start(self, trainer, *_) -> None:
         """Nothing: the bar counts the run's steps, not an epoch's batches (Lightning's would reset it here)."""
 

@@ -14,7 +14,7 @@ def bar_states(console: str) -> list[str]:
 def training_bar(console: str) -> list[tuple[int, int]]:
     """(step, max_steps) of each state of the training bar; asserts that no other bar counted training."""
     states = bar_states(console)
-    assert not [s for s in states if s.startswith(("Training", "Epoch"))], states
+    assert not [s for s in states if s.startswith(("Training", "Epoch", "Sanity Checking"))], states
     bar = [re.match(r"train: .*\| (\d+)/(\d+) \[.*step/s", s) for s in states if s.startswith("train:")]
     assert all(bar), states
     return [(int(m[1]), int(m[2])) for m in bar]
