@@ -14,8 +14,8 @@ Design choices:
 - Document masking is how the model was trained, not a different function of one document: a model trained with
   it computes on a single document exactly what the exported model does, so it exports as it is. Several documents
   in one sequence attend to each other in transformers; feed them one at a time.
-- A config no transformers architecture computes exactly (a soft cap on the logits, a modern block with a plain
-  GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one line naming the key,
+- A config no transformers architecture computes exactly (a soft cap on the logits, residual scalars, a modern
+  block with a plain GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one line naming the key,
   never exported approximately.
 - Hugging Face checkpoints hold the real vocabulary; ours pad it (50257 → 50304). Export trims the padding rows,
   import pads with zeros (padded logits are never read).
@@ -56,6 +56,7 @@ def hf_model_type(config: ModelConfig) -> str:
     """The transformers model type that computes exactly what `config` does, or a UserError naming the key."""
     unsupported = {
         "logit_softcap": config.logit_softcap is not None,
+        "residual_scalars": config.residual_scalars,
         "mlp_activation": config.activation != ("gelu" if config.block == "classic" else "swiglu"),
         "qk_norm": config.qk_norm and config.block == "classic",
         "window_pattern": config.window_pattern is not None and config.block == "classic",

@@ -49,6 +49,11 @@ class ModelConfig:
         attention_backend: "auto": PyTorch's causal SDPA kernels for plain causal attention, FlexAttention on CUDA
             for other masks, SDPA with a boolean mask elsewhere; "sdpa" or "flex" force one (flex cannot train on a
             CPU). Runtime only: it never changes what the model computes.
+        residual_scalars: Learnable scalars per layer on the residual stream and on the block input x0 (the embedding
+            output): x ← λ_resid · x + λ_x0 · x0 before each block (nanochat, the GPT-2 speedrun). They start at 1
+            and 0, so the model starts as without them.
+        zero_init_proj: Initialise the output projections of attention and MLP (attn.c_proj, mlp.c_proj) to zero
+            (the GPT-2 speedrun's) instead of GPT-2's N(0, 0.02 / √(2 · n_layer)): each block starts as the identity.
     """
 
     block: Literal["classic", "modern"] = "modern"
@@ -71,6 +76,8 @@ class ModelConfig:
     window_pattern: str | None = None  # e.g. "SSSL": S = sliding_window tokens, L = full context; tiled over layers
     sliding_window: int | None = None
     attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    residual_scalars: bool = False
+    zero_init_proj: bool = False
 
     def __post_init__(self):
         if self.depth is not None and self.depth <= 0:

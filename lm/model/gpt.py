@@ -3,8 +3,9 @@
 Design choices:
 - "classic" is GPT-2: learned positions, pre-norm LayerNorm with bias, GELU (tanh) MLP, biases everywhere.
   "modern" swaps in RoPE, RMSNorm, a SwiGLU MLP and drops biases. Parameter names are shared, so the
-  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Three knobs
-  of the config change a block further: the MLP's activation, QK-norm and a soft cap on the output logits.
+  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Knobs of the
+  config change a block further: the MLP's activation, QK-norm, a soft cap on the output logits, learnable
+  residual scalars (x ← λ_resid · x + λ_x0 · x0 before each block) and zero-initialised output projections.
 - Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available) under a
   plain causal mask. Document masking and sliding windows (config knobs, resolved at build time to each layer's
   window) build one mask per forward pass, shared by the layers, in lm/model/attention.py, which also picks the
@@ -158,6 +159,9 @@ class GPT(nn.Module):
         self.layer_windows = config.layer_windows()  # each layer's attention window (None: full context)
         self.eot = EOT if config.attention_mask == "document" else None  # the token that starts a document
         self.cache_doc_start: torch.Tensor | None = None  # (B,) start of each row's open document in the KV cache
+        if config.residual_scalars:  # separate parameters: 1-D, so AdamW's no-decay group (lm/optim/build.py)
+            self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))  # λ_resid of each layer
+            self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))  # λ_x0 of each layer
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -176,11 +180,20 @@ class GPT(nn.Module):
         self._matmul_params = self._num_params - lookups + output_layer
 
     def _init_weights(self, module: nn.Module):
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 · n_layer), zero biases."""
+        """Every parameter's init, GPT-2's unless a knob says otherwise:
+
+        | parameters                                 | init                                                         |
+        |--------------------------------------------|--------------------------------------------------------------|
+        | Linear weights                             | N(0, 0.02)                                                   |
+        | output projections (attn/mlp c_proj)       | N(0, 0.02 / √(2 · n_layer)); 0 with zero_init_proj           |
+        | biases                                     | 0                                                            |
+        | embeddings (tokens, positions)             | N(0, 0.02)                                                   |
+        | norm gains; residual scalars λ_resid, λ_x0 | 1; 1 and 0 (set where they are built)                        |
+        """
         if isinstance(module, nn.Linear):
             std = 0.02
             if module in self._residual_projections():
-                std /= math.sqrt(2 * self.config.n_layer)
+                std = 0.0 if self.config.zero_init_proj else std / math.sqrt(2 * self.config.n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -216,9 +229,11 @@ class GPT(nn.Module):
             rope = self.rope_cos[attn.positions], self.rope_sin[attn.positions]  # (T, hs), or (B, T, hs) per row
             if attn.positions.dim() == 2:
                 rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # (B, 1, T, hs): broadcast over heads
-        x = self.transformer.drop(x)
-        for block, window in zip(self.transformer.h, self.layer_windows):
+        x0 = x = self.transformer.drop(x)  # x0: the block input that residual scalars mix back in
+        for i, (block, window) in enumerate(zip(self.transformer.h, self.layer_windows)):
             mask = attn.masks[window]
+            if self.config.residual_scalars:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, pos, mask, use_reentrant=False)
             else:
@@ -248,7 +263,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once); with
-        `non_embedding`, those of the blocks and the final norm only: no token or position table, no output layer
+        `non_embedding`, those of the blocks, the final norm and the residual scalars only: no token or position table, no output layer
         (Kaplan et al. 2020's N, which scaling laws use: at small sizes the vocabulary's tables dominate the count)."""
         return self._num_params - self._embedding_params if non_embedding else self._num_params
 

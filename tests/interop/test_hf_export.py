@@ -80,6 +80,8 @@ def test_document_masking_exports_exact_on_a_single_document(tmp_path):
         ("modern", {"logit_softcap": 30.0}),
         ("modern", {"mlp_activation": "relu2"}),
         ("modern", {"mlp_activation": "gelu"}),
+        ("modern", {"residual_scalars": True}),
+        ("classic", {"residual_scalars": True}),
         ("classic", {"qk_norm": True}),
         ("classic", {"mlp_activation": "swiglu"}),
         ("classic", {"window_pattern": "S", "sliding_window": 4}),

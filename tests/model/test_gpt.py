@@ -9,7 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
 from lm.model.gpt import filter_logits, sample
+from lm.module import LanguageModel
 from tests.conftest import tiny_config
+from tests.interop.tiny_hf import perturb
 
 
 def test_gpt2_small_parameter_counts():
@@ -205,6 +207,8 @@ KNOBS = {
     "gelu": {"mlp_activation": "gelu"},
     "relu2": {"mlp_activation": "relu2"},
     "softcap": {"logit_softcap": 3.0},
+    "residual_scalars": {"residual_scalars": True},
+    "zero_init_proj": {"zero_init_proj": True},
 }
 
 
@@ -216,14 +220,20 @@ def test_the_knobs_parameter_counts():
     for activation in ("gelu", "relu2"):
         assert GPT(ModelConfig(block="modern", mlp_activation=activation)).num_params() == plain
     assert GPT(ModelConfig(block="classic", mlp_activation="gelu")).num_params() == 124_439_808
+    scalars = GPT(ModelConfig(block="modern", residual_scalars=True))
+    assert scalars.num_params() == base + 2 * 12  # λ_resid and λ_x0 per layer
+    assert scalars.num_params(non_embedding=True) == GPT(ModelConfig()).num_params(non_embedding=True) + 2 * 12
+    assert GPT(ModelConfig(block="modern", zero_init_proj=True)).num_params() == base
 
 
 @pytest.mark.parametrize("knob", KNOBS)
 def test_each_knob_changes_the_model_and_keeps_the_kv_cache_exact(knob):
+    """Both models perturbed alike (the parameters they share, in the same order, get the same noise), as training
+    would: a knob that starts neutral (residual scalars) shows, and no weight is left at a trivial 0 or 1."""
     torch.manual_seed(0)
-    model = GPT(tiny_config(**KNOBS[knob])).eval()
+    model = perturb(GPT(tiny_config(**KNOBS[knob])))
     torch.manual_seed(0)
-    reference = GPT(tiny_config()).eval()
+    reference = perturb(GPT(tiny_config()))
     prompt = torch.randint(0, 50257, (2, 7))
     assert not torch.allclose(model(prompt), reference(prompt))
     cached = torch.stack(list(model.generate(prompt, 25, temperature=0, use_cache=True)), dim=1)
@@ -238,10 +248,14 @@ def test_each_knob_survives_save_and_load(knob, tmp_path):
 
     torch.manual_seed(0)
     model = GPT(tiny_config(**KNOBS[knob])).eval()
-    loaded, _ = load_model(save_checkpoint(model, tmp_path / "model.ckpt"))
+    path = save_checkpoint(model, tmp_path / "model.ckpt")
+    loaded, _ = load_model(path)
     assert loaded.config == model.config
+    continued = LanguageModel(init_from=path).model.eval()  # continued pretraining starts from the same weights
+    assert continued.config == model.config
     idx = torch.randint(0, 50257, (1, 9))
     torch.testing.assert_close(loaded(idx), model(idx), rtol=0, atol=0)
+    torch.testing.assert_close(continued(idx), model(idx), rtol=0, atol=0)
 
 
 def test_relu2_and_softcap_do_what_they_say():
@@ -276,3 +290,41 @@ def test_non_embedding_parameters_are_the_blocks_and_the_final_norm(block, tied)
     )
     assert model.num_params(non_embedding=True) == by_hand
     assert model.num_params() > by_hand
+
+
+def test_residual_scalars_start_as_the_model_without_them(block):
+    """λ_resid = 1, λ_x0 = 0: given the same other weights, the same logits, bit for bit; once λ_x0 moves, the
+    embedding output x0 is mixed into every block's input: x ← λ_resid · x + λ_x0 · x0."""
+    torch.manual_seed(0)
+    reference = perturb(GPT(tiny_config(block)))
+    model = GPT(tiny_config(block, residual_scalars=True)).eval()
+    missing = model.load_state_dict(reference.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["resid_lambdas", "x0_lambdas"]
+    idx = torch.randint(0, 50257, (2, 12))
+    assert torch.equal(model(idx), reference(idx))
+    with torch.no_grad():
+        model.resid_lambdas.copy_(torch.tensor([0.5, 2.0]))
+        model.x0_lambdas.copy_(torch.tensor([0.3, -0.7]))
+    # By hand: embeddings, then each block on its mixed input.
+    x0 = model.transformer.wte(idx) + (model.transformer.wpe(torch.arange(12)) if block == "classic" else 0)
+    rope = None if block == "classic" else (model.rope_cos[:12], model.rope_sin[:12])
+    x = x0
+    for i, layer in enumerate(model.transformer.h):
+        x = layer(model.resid_lambdas[i] * x + model.x0_lambdas[i] * x0, rope, 0, None)
+    expected = model.lm_head(model.transformer.ln_f(x))[..., :50257]
+    torch.testing.assert_close(model(idx), expected)
+
+
+def test_zero_init_proj_zeroes_the_output_projections_only():
+    torch.manual_seed(0)
+    gpt2 = GPT(tiny_config("classic"))
+    torch.manual_seed(0)
+    zero = GPT(tiny_config("classic", zero_init_proj=True))
+    for (name, p), q in zip(zero.named_parameters(), gpt2.parameters()):
+        if name.endswith("c_proj.weight"):
+            assert p.abs().sum() == 0 and q.abs().sum() > 0, name
+        else:
+            assert torch.equal(p, q), name  # the same draws as GPT-2's init everywhere else
+    block = zero.transformer.h[0]
+    x = torch.randn(1, 5, 32)
+    assert torch.equal(block(x, None, 0, None), x)  # every block starts as the identity
