@@ -15,8 +15,8 @@ Design choices:
   it computes on a single document exactly what the exported model does, so it exports as it is. Several documents
   in one sequence attend to each other in transformers; feed them one at a time.
 - A config no transformers architecture computes exactly (a soft cap on the logits, residual scalars, a modern
-  block with a plain GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one line naming the key,
-  never exported approximately.
+  block with a plain GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one
+  line naming the key, never exported approximately.
 - Hugging Face checkpoints hold the real vocabulary; ours pad it (50257 → 50304). Export trims the padding rows,
   import pads with zeros (padded logits are never read).
 - The tokenizer is always GPT-2's: vocab.json and merges.txt are rebuilt from tiktoken's ranks (byte for byte

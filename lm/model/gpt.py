@@ -263,8 +263,9 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once); with
-        `non_embedding`, those of the blocks, the final norm and the residual scalars only: no token or position table, no output layer
-        (Kaplan et al. 2020's N, which scaling laws use: at small sizes the vocabulary's tables dominate the count)."""
+        `non_embedding`, those of the blocks, the final norm and the residual scalars only: no token or position
+        table, no output layer (Kaplan et al. 2020's N, which scaling laws use: at small sizes the vocabulary's
+        tables dominate the count)."""
         return self._num_params - self._embedding_params if non_embedding else self._num_params
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
