@@ -47,8 +47,9 @@ def real_trainer(monkeypatch):
     monkeypatch.undo()
 
 
-# The block knobs that add parameters of their own: residual scalars (AdamW, no decay).
-KNOBS = dict(residual_scalars=True)
+# The block knobs that add parameters of their own: residual scalars (AdamW, no decay), value embeddings (AdamW, as
+# the token embedding; their gates are block matrices: Muon's, as nanochat's).
+KNOBS = dict(residual_scalars=True, value_embeddings="alternating")
 
 
 @pytest.mark.parametrize("knobs", [{}, KNOBS], ids=["plain", "knobs"])
@@ -71,6 +72,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied, variants,
     assert "transformer.wte.weight" in members["decay"] and ("lm_head.weight" in members["decay"]) != tied
     assert all("ln" in n or "norm" in n or n.endswith(("bias", "_lambdas")) for n in members["no_decay"])
     assert {"resid_lambdas", "x0_lambdas"} <= members["no_decay"] if knobs else True
+    assert "transformer.ve.0.weight" in members["decay"] if knobs else True
     muon_groups = [group for group in optimizer.param_groups if group["name"] == "muon"]
     assert {group["initial_lr"] for group in muon_groups} == {0.05}  # before the schedule
     assert optimizer.param_groups[0]["initial_lr"] == 1e-3 and {g["weight_decay"] for g in muon_groups} == {0.0}

@@ -14,9 +14,9 @@ Design choices:
 - Document masking is how the model was trained, not a different function of one document: a model trained with
   it computes on a single document exactly what the exported model does, so it exports as it is. Several documents
   in one sequence attend to each other in transformers; feed them one at a time.
-- A config no transformers architecture computes exactly (a soft cap on the logits, residual scalars, a modern
-  block with a plain GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one
-  line naming the key, never exported approximately.
+- A config no transformers architecture computes exactly (a soft cap on the logits, residual scalars, value
+  embeddings, a modern block with a plain GELU or squared-ReLU MLP, a classic block with any of the modern knobs)
+  is refused with one line naming the key, never exported approximately.
 - Hugging Face checkpoints hold the real vocabulary; ours pad it (50257 → 50304). Export trims the padding rows,
   import pads with zeros (padded logits are never read).
 - The tokenizer is always GPT-2's: vocab.json and merges.txt are rebuilt from tiktoken's ranks (byte for byte
@@ -57,6 +57,7 @@ def hf_model_type(config: ModelConfig) -> str:
     unsupported = {
         "logit_softcap": config.logit_softcap is not None,
         "residual_scalars": config.residual_scalars,
+        "value_embeddings": config.value_embeddings is not None,
         "mlp_activation": config.activation != ("gelu" if config.block == "classic" else "swiglu"),
         "qk_norm": config.qk_norm and config.block == "classic",
         "window_pattern": config.window_pattern is not None and config.block == "classic",

@@ -54,6 +54,11 @@ class ModelConfig:
             and 0, so the model starts as without them.
         zero_init_proj: Initialise the output projections of attention and MLP (attn.c_proj, mlp.c_proj) to zero
             (the GPT-2 speedrun's) instead of GPT-2's N(0, 0.02 / √(2 · n_layer)): each block starts as the identity.
+        value_embeddings: Token-embedding tables (vocab × the key/value width) whose lookup of the input tokens is added
+            to a layer's attention values, gated per head: v ← v + 2 · sigmoid(W · x[:32]) · table[token], x the
+            block's normed input. null: none; "alternating": a table of its own for every other layer, the last
+            included (nanochat's); an int n: n tables shared by the first n and the last n layers (layer i and layer
+            n_layer - n + i share table i, as the GPT-2 speedrun's).
     """
 
     block: Literal["classic", "modern"] = "modern"
@@ -78,6 +83,7 @@ class ModelConfig:
     attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
     residual_scalars: bool = False
     zero_init_proj: bool = False
+    value_embeddings: Literal["alternating"] | int | None = None  # e.g. "alternating", or 3 shared tables
 
     def __post_init__(self):
         if self.depth is not None and self.depth <= 0:
@@ -106,6 +112,14 @@ class ModelConfig:
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise ValueError(f"model config 'logit_softcap' must be positive (or null), got {self.logit_softcap}")
         self._check_attention()
+        ve = self.value_embeddings
+        if ve not in (None, "alternating") and (isinstance(ve, bool) or not isinstance(ve, int) or ve < 1):
+            raise ValueError(f"model config 'value_embeddings' is null, 'alternating' or a count ≥ 1, not {ve!r}")
+        if isinstance(ve, int) and 2 * ve > self.n_layer:
+            raise ValueError(
+                f"model config 'value_embeddings' {ve} shares a table between layer i and layer n_layer - {ve} + i: "
+                f"at most n_layer / 2 = {self.n_layer // 2} tables"
+            )
 
     def _check_attention(self):
         if self.attention_mask not in ("causal", "document"):
@@ -134,6 +148,21 @@ class ModelConfig:
         pattern = self.window_pattern or "L"
         short = sliding_window or self.sliding_window
         return [short if pattern[i % len(pattern)] == "S" else None for i in range(self.n_layer)]
+
+    def layer_value_embeddings(self) -> list[int | None]:
+        """Each layer's value-embedding table (an index into the tables; None: no value embedding)."""
+        L, ve = self.n_layer, self.value_embeddings
+        if ve is None:
+            return [None] * L
+        if ve == "alternating":
+            layers = [i for i in range(L) if i % 2 == (L - 1) % 2]  # every other layer, the last included
+            return [layers.index(i) if i in layers else None for i in range(L)]
+        return [i if i < ve else i - (L - ve) if i >= L - ve else None for i in range(L)]
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the keys and of the values (all heads together)."""
+        return self.n_embd
 
     @property
     def head_dim(self) -> int:

@@ -5,7 +5,9 @@ Design choices:
   "modern" swaps in RoPE, RMSNorm, a SwiGLU MLP and drops biases. Parameter names are shared, so the
   training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Knobs of the
   config change a block further: the MLP's activation, QK-norm, a soft cap on the output logits, learnable
-  residual scalars (x ← λ_resid · x + λ_x0 · x0 before each block) and zero-initialised output projections.
+  residual scalars (x ← λ_resid · x + λ_x0 · x0 before each block), zero-initialised output projections and
+  value embeddings (per-layer token tables added to the attention values, gated per head; resolved at build time
+  to each layer's table, as windows are).
 - Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available) under a
   plain causal mask. Document masking and sliding windows (config knobs, resolved at build time to each layer's
   window) build one mask per forward pass, shared by the layers, in lm/model/attention.py, which also picks the
@@ -31,6 +33,7 @@ from lm.model.config import ModelConfig
 from lm.model.loss import cross_entropy
 
 LOSS_CHUNK_TOKENS = 4096  # tokens per pass through the output layer in the loss (see lm/model/loss.py)
+VE_GATE_CHANNELS = 32  # a value embedding's gate reads the first channels of the block's input (nanochat's)
 
 
 def rope_cache(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +70,11 @@ class KVCache(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, value_embedding: bool = False):
         super().__init__()
         self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
+        if value_embedding:  # one gate per head, from the first channels of the input
+            self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), config.n_head, bias=False)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -79,10 +84,21 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = config.qk_norm
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, pos: int, mask: Mask):
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        pos: int,
+        mask: Mask,
+        ve: torch.Tensor | None = None,
+    ):
+        """`ve` (B, T, C): this layer's value embedding of the tokens, added to the values before they are cached."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim) for t in self.c_attn(x).split(C, dim=2))  # (B, T, nh, hs)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, nh); 1 at init
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -126,15 +142,15 @@ def norm(config: ModelConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, value_embedding: bool = False):
         super().__init__()
         self.ln_1 = norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, value_embedding)
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, pos, mask):
-        x = x + self.attn(self.ln_1(x), rope, pos, mask)
+    def forward(self, x, rope, pos, mask, ve=None):
+        x = x + self.attn(self.ln_1(x), rope, pos, mask, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -142,14 +158,18 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.layer_value_embeds = config.layer_value_embeddings()  # each layer's value-embedding table (or None)
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                h=nn.ModuleList(Block(config, table is not None) for table in self.layer_value_embeds),
                 ln_f=norm(config),
             )
         )
+        tables = len({table for table in self.layer_value_embeds if table is not None})
+        if tables:  # lookups, not matmuls: embeddings for the optimizer and the counts below
+            self.transformer.ve = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_dim) for _ in range(tables))
         if config.block == "classic":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:
@@ -172,7 +192,8 @@ class GPT(nn.Module):
         padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
         self._num_params = sum(p.numel() for p in self.parameters()) - padding * (1 if config.tie_embeddings else 2)
         positions = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
-        lookups = config.vocab_size * config.n_embd + positions
+        values = sum(table.weight.numel() for table in self.transformer.ve) if tables else 0
+        lookups = config.vocab_size * config.n_embd + positions + values
         # The embedding tables and the output layer (tied or not): what a scaling law's N leaves out.
         self._embedding_params = lookups + (0 if config.tie_embeddings else config.vocab_size * config.n_embd)
         # Weights that take part in a matmul: all but the lookups, the output layer counted once (tied or not).
@@ -187,13 +208,16 @@ class GPT(nn.Module):
         | Linear weights                             | N(0, 0.02)                                                   |
         | output projections (attn/mlp c_proj)       | N(0, 0.02 / √(2 · n_layer)); 0 with zero_init_proj           |
         | biases                                     | 0                                                            |
-        | embeddings (tokens, positions)             | N(0, 0.02)                                                   |
+        | value-embedding gates (attn.ve_gate)       | 0: each gate 2 · sigmoid(0) = 1                              |
+        | embeddings (tokens, positions, values)     | N(0, 0.02)                                                   |
         | norm gains; residual scalars λ_resid, λ_x0 | 1; 1 and 0 (set where they are built)                        |
         """
         if isinstance(module, nn.Linear):
             std = 0.02
             if module in self._residual_projections():
                 std = 0.0 if self.config.zero_init_proj else std / math.sqrt(2 * self.config.n_layer)
+            elif module in self._value_gates():
+                std = 0.0
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -202,6 +226,9 @@ class GPT(nn.Module):
 
     def _residual_projections(self) -> set[nn.Module]:
         return {m for block in self.transformer.h for m in (block.attn.c_proj, block.mlp.c_proj)}
+
+    def _value_gates(self) -> set[nn.Module]:
+        return {block.attn.ve_gate for block in self.transformer.h if hasattr(block.attn, "ve_gate")}
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0, z_loss: float | None = None
@@ -230,14 +257,17 @@ class GPT(nn.Module):
             if attn.positions.dim() == 2:
                 rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # (B, 1, T, hs): broadcast over heads
         x0 = x = self.transformer.drop(x)  # x0: the block input that residual scalars mix back in
-        for i, (block, window) in enumerate(zip(self.transformer.h, self.layer_windows)):
+        for i, (block, window, table) in enumerate(
+            zip(self.transformer.h, self.layer_windows, self.layer_value_embeds)
+        ):
             mask = attn.masks[window]
+            ve = None if table is None else self.transformer.ve[table](idx)  # (B, T, kv width)
             if self.config.residual_scalars:
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rope, pos, mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, pos, mask, ve, use_reentrant=False)
             else:
-                x = block(x, rope, pos, mask)
+                x = block(x, rope, pos, mask, ve)
         x = self.transformer.ln_f(x)
         c = self.config
         if targets is not None and self.loss_chunk_tokens:
@@ -263,18 +293,19 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once); with
-        `non_embedding`, those of the blocks, the final norm and the residual scalars only: no token or position
-        table, no output layer (Kaplan et al. 2020's N, which scaling laws use: at small sizes the vocabulary's
-        tables dominate the count)."""
+        `non_embedding`, those of the blocks, the final norm and the residual scalars only: no token, position or
+        value-embedding table, no output layer (Kaplan et al. 2020's N, which scaling laws use: at small sizes the
+        vocabulary's tables dominate the count)."""
         return self._num_params - self._embedding_params if non_embedding else self._num_params
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token: 6 per matmul weight + 12·H·Q·T per layer for attention (PaLM, appendix B).
 
-        Embedding lookups do no matmul, so they are left out; the output layer is one (vocab × n_embd) matmul
-        whether or not it shares the embedding's weights. Attention is counted for the full T × T score matrix
-        (as FlashAttention's and PaLM's counts do), not the causal half; a layer with a sliding window of w tokens
-        counts min(T, w) keys per query. Document masking is not subtracted (it depends on the data).
+        Embedding lookups (tokens, positions, value embeddings) do no matmul, so they are left out; the output layer
+        is one (vocab × n_embd) matmul whether or not it shares the embedding's weights. Attention is counted for the
+        full T × T score matrix (as FlashAttention's and PaLM's counts do), not the causal half; a layer with a
+        sliding window of w tokens counts min(T, w) keys per query. Document masking is not subtracted (it depends on
+        the data).
         """
         c = self.config
         T = seq_len or c.block_size

@@ -1,7 +1,8 @@
 """Which parameter each optimizer takes, and the optimizer `model.optim` names.
 
-- AdamW decays ≥2-D weights only (the embeddings and a tied output layer if adamw.decay_embeddings), never biases
-  or norm gains: groups "decay" and "no_decay".
+- AdamW decays ≥2-D weights only (the embeddings and a tied output layer if adamw.decay_embeddings), never biases,
+  norm gains or residual scalars: groups "decay" and "no_decay". Embeddings are the token, position and value
+  embeddings (lookup tables, never Muon's).
 - With name: muon, the 2-D weight matrices inside the blocks go to Muon (group "muon"), the rest to AdamW. With
   muon.split_fused, the fused matrices get groups of their own whose `split` says how many projections they hold:
   attn.c_attn (Q, K, V: 3) and a SwiGLU mlp.c_fc (gate, up: 2).
@@ -30,7 +31,8 @@ def parameter_groups(model: GPT, optim: OptimConfig) -> tuple[list[dict], list[d
     """(Muon's groups, AdamW's groups): every trainable parameter in exactly one; Muon's are empty for adamw."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     to_muon = lambda name, p: optim.name == "muon" and name.startswith("transformer.h.") and p.dim() == 2
-    embeddings = {id(p) for name, p in named if name.startswith(("transformer.wte", "transformer.wpe"))}
+    tables = ("transformer.wte.", "transformer.wpe.", "transformer.ve.")  # token, position and value embeddings
+    embeddings = {id(p) for name, p in named if name.startswith(tables)}
     decay, no_decay = [], []
     for name, p in named:
         if not to_muon(name, p):

@@ -82,6 +82,7 @@ def test_document_masking_exports_exact_on_a_single_document(tmp_path):
         ("modern", {"mlp_activation": "gelu"}),
         ("modern", {"residual_scalars": True}),
         ("classic", {"residual_scalars": True}),
+        ("modern", {"value_embeddings": "alternating"}),
         ("classic", {"qk_norm": True}),
         ("classic", {"mlp_activation": "swiglu"}),
         ("classic", {"window_pattern": "S", "sliding_window": 4}),

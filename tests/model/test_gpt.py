@@ -209,6 +209,8 @@ KNOBS = {
     "softcap": {"logit_softcap": 3.0},
     "residual_scalars": {"residual_scalars": True},
     "zero_init_proj": {"zero_init_proj": True},
+    "value_embeddings": {"value_embeddings": "alternating"},
+    "value_embeddings_shared": {"value_embeddings": 1},  # one table for both layers
 }
 
 
@@ -224,6 +226,12 @@ def test_the_knobs_parameter_counts():
     assert scalars.num_params() == base + 2 * 12  # λ_resid and λ_x0 per layer
     assert scalars.num_params(non_embedding=True) == GPT(ModelConfig()).num_params(non_embedding=True) + 2 * 12
     assert GPT(ModelConfig(block="modern", zero_init_proj=True)).num_params() == base
+    plain, values = GPT(ModelConfig()), GPT(ModelConfig(value_embeddings="alternating"))  # tables on 6 layers
+    gates = 6 * 32 * 12  # a 32-channel gate per head
+    assert values.num_params() == base + 6 * 50257 * 768 + gates
+    assert values.num_params(non_embedding=True) == plain.num_params(non_embedding=True) + gates  # lookups left out
+    assert values.flops_per_token() == plain.flops_per_token() + 6 * gates  # lookups do no matmul
+    assert GPT(ModelConfig(value_embeddings=3)).num_params() == base + 3 * 50257 * 768 + gates  # 3 tables, 6 layers
 
 
 @pytest.mark.parametrize("knob", KNOBS)
@@ -328,3 +336,54 @@ def test_zero_init_proj_zeroes_the_output_projections_only():
     block = zero.transformer.h[0]
     x = torch.randn(1, 5, 32)
     assert torch.equal(block(x, None, 0, None), x)  # every block starts as the identity
+
+
+def test_value_embeddings_go_where_the_config_says():
+    assert ModelConfig(n_layer=6, value_embeddings="alternating").layer_value_embeddings() == [
+        None,
+        0,
+        None,
+        1,
+        None,
+        2,
+    ]
+    assert ModelConfig(n_layer=5, value_embeddings="alternating").layer_value_embeddings() == [0, None, 1, None, 2]
+    assert ModelConfig(n_layer=6, value_embeddings=2).layer_value_embeddings() == [0, 1, None, None, 0, 1]
+    assert ModelConfig(n_layer=6).layer_value_embeddings() == [None] * 6
+    model = GPT(tiny_config(n_layer=4, value_embeddings="alternating"))
+    assert len(model.transformer.ve) == 2 and model.transformer.ve[0].weight.shape == (50257, 32)
+    assert [hasattr(block.attn, "ve_gate") for block in model.transformer.h] == [False, True, False, True]
+    for bad in (0, 3, "every", True):
+        with pytest.raises(ValueError, match="value_embeddings"):
+            ModelConfig(n_layer=4, value_embeddings=bad)
+
+
+def test_a_value_embedding_adds_its_gated_row_to_the_values(block):
+    """Attention weights sum to 1, so a value embedding u added to every token's values (a table whose rows are all
+    u) adds exactly u to each head's output: c_proj(u) to the layer's. The gate starts at 2 · sigmoid(0) = 1 and
+    tends to 2 when its input is large and positive."""
+    torch.manual_seed(0)
+    model = perturb(GPT(tiny_config(block, value_embeddings=1)))
+    assert model.transformer.h[0].attn.ve_gate.weight.abs().sum() > 0  # perturbed; zero at init:
+    assert GPT(tiny_config(block, value_embeddings=1)).transformer.h[0].attn.ve_gate.weight.abs().sum() == 0
+    attn, u = model.transformer.h[0].attn, torch.randn(32)
+    x = torch.randn(2, 6, 32)
+    rope = None if block == "classic" else (model.rope_cos[:6], model.rope_sin[:6])
+    ve = u.expand(2, 6, 32)
+    with torch.no_grad():
+        attn.ve_gate.weight.zero_()
+        torch.testing.assert_close(
+            attn(x, rope, 0, None, ve) - attn(x, rope, 0, None), (u @ attn.c_proj.weight.T).expand_as(x)
+        )
+        attn.ve_gate.weight.zero_()[:, 0] = 100.0
+        x[..., 0] = 1.0
+        torch.testing.assert_close(
+            attn(x, rope, 0, None, ve) - attn(x, rope, 0, None), (2 * u @ attn.c_proj.weight.T).expand_as(x)
+        )
+    # In the model, layer i looks its table up at the input tokens: a table of zeros is the model without it.
+    idx = torch.randint(0, 50257, (2, 10))
+    without = GPT(tiny_config(block))
+    without.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        model.transformer.ve[0].weight.zero_()
+    torch.testing.assert_close(model(idx), without.eval()(idx), rtol=0, atol=0)
