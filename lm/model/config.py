@@ -22,6 +22,8 @@ class ModelConfig:
             MLP follows n_embd. An explicit n_layer, n_head or n_embd overrides what the dial gives. null: no dial.
         n_layer: Number of transformer blocks (default 12, or `depth`).
         n_head: Attention heads per block (default 12, or n_embd / 64 with `depth`).
+        n_kv_head: Key/value heads (grouped-query attention: each serves n_head / n_kv_head query heads, and the KV
+            cache shrinks by that factor); null: n_head (multi-head attention, c_attn of 3 · n_embd rows).
         n_embd: Width of the residual stream (default 768, or 64 · depth).
         block_size: Context length in tokens.
         vocab_size: Real vocabulary size (50257 for the GPT-2 BPE).
@@ -65,6 +67,7 @@ class ModelConfig:
     depth: int | None = None
     n_layer: int | None = None
     n_head: int | None = None
+    n_kv_head: int | None = None  # null: n_head
     n_embd: int | None = None
     block_size: int = 1024
     vocab_size: int = 50257
@@ -103,6 +106,10 @@ class ModelConfig:
                 raise ValueError(f"model config '{name}' must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"model config 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head})")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise ValueError(
+                f"model config 'n_kv_head' ({self.n_kv_head}) must divide 'n_head' ({self.n_head}) (or be null)"
+            )
         if self.block == "modern" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head size; n_embd / n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
@@ -160,9 +167,13 @@ class ModelConfig:
         return [i if i < ve else i - (L - ve) if i >= L - ve else None for i in range(L)]
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
     def kv_dim(self) -> int:
         """Width of the keys and of the values (all heads together)."""
-        return self.n_embd
+        return self.kv_heads * self.head_dim
 
     @property
     def head_dim(self) -> int:

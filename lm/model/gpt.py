@@ -72,10 +72,12 @@ class KVCache(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, value_embedding: bool = False):
         super().__init__()
-        self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
-        if value_embedding:  # one gate per head, from the first channels of the input
-            self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), config.n_head, bias=False)
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.dropout = config.dropout
+        self.qkv_rows = (config.n_embd, config.kv_dim, config.kv_dim)  # c_attn's output rows: q, k, v
+        if value_embedding:  # one gate per key/value head, from the first channels of the input
+            self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), config.kv_heads, bias=False)
+        self.c_attn = nn.Linear(config.n_embd, sum(self.qkv_rows), bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:
@@ -92,13 +94,15 @@ class CausalSelfAttention(nn.Module):
         mask: Mask,
         ve: torch.Tensor | None = None,
     ):
-        """`ve` (B, T, C): this layer's value embedding of the tokens, added to the values before they are cached."""
+        """`ve` (B, T, kv width): this layer's value embedding of the tokens, added to the values before caching."""
         B, T, C = x.size()
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim) for t in self.c_attn(x).split(C, dim=2))  # (B, T, nh, hs)
+        q, k, v = self.c_attn(x).split(self.qkv_rows, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hs)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_dim) for t in (k, v))  # (B, T, n_kv, hs)
         if ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, nh); 1 at init
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, n_kv); 1 at init
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs), k and v (B, n_kv, T, hs)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -106,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         if self.cache is not None:
             if pos > 0 and T > 1:
                 raise ValueError("the KV cache takes a prompt at position 0, then one token at a time")
-            k, v = self.cache.update(pos, k, v)  # (B, nh, pos + T, hs)
+            k, v = self.cache.update(pos, k, v)  # (B, n_kv, pos + T, hs)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -358,7 +362,7 @@ class GPT(nn.Module):
             block.attn.cache = (
                 None
                 if batch_size is None
-                else KVCache(batch_size, c.n_head, c.block_size, c.head_dim, self.lm_head.weight.dtype, device)
+                else KVCache(batch_size, c.kv_heads, c.block_size, c.head_dim, self.lm_head.weight.dtype, device)
             )
 
 

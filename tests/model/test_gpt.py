@@ -211,6 +211,8 @@ KNOBS = {
     "zero_init_proj": {"zero_init_proj": True},
     "value_embeddings": {"value_embeddings": "alternating"},
     "value_embeddings_shared": {"value_embeddings": 1},  # one table for both layers
+    "gqa": {"n_kv_head": 1},  # both query heads share one key/value head
+    "gqa_value_embeddings": {"n_kv_head": 1, "value_embeddings": "alternating"},
 }
 
 
@@ -232,6 +234,13 @@ def test_the_knobs_parameter_counts():
     assert values.num_params(non_embedding=True) == plain.num_params(non_embedding=True) + gates  # lookups left out
     assert values.flops_per_token() == plain.flops_per_token() + 6 * gates  # lookups do no matmul
     assert GPT(ModelConfig(value_embeddings=3)).num_params() == base + 3 * 50257 * 768 + gates  # 3 tables, 6 layers
+    gqa = GPT(ModelConfig(n_kv_head=4))  # k and v: 4 heads of 64 instead of 12
+    assert gqa.num_params() == base - 12 * 2 * 8 * 64 * 768
+    assert gqa.flops_per_token() == plain.flops_per_token() - 6 * 12 * 2 * 8 * 64 * 768  # attention itself: the same
+    assert GPT(ModelConfig(n_kv_head=4, value_embeddings="alternating")).num_params() == gqa.num_params() + 6 * (
+        50257 * 256 + 32 * 4
+    )  # tables as wide as k and v, a gate per key/value head
+    assert GPT(ModelConfig(n_kv_head=12)).num_params() == base
 
 
 @pytest.mark.parametrize("knob", KNOBS)
@@ -387,3 +396,41 @@ def test_a_value_embedding_adds_its_gated_row_to_the_values(block):
     with torch.no_grad():
         model.transformer.ve[0].weight.zero_()
     torch.testing.assert_close(model(idx), without.eval()(idx), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask", [{}, {"window_pattern": "SL", "sliding_window": 5}], ids=["causal", "windows"])
+def test_grouped_query_attention_is_multi_head_attention_with_shared_keys_and_values(block, mask):
+    """A model with 2 key/value heads for 4 query heads computes what the 4-head model does whose k and v rows of
+    c_attn repeat each key/value head for the query heads it serves (0, 0, 1, 1); the KV cache holds 2 heads."""
+    torch.manual_seed(0)
+    gqa = perturb(GPT(tiny_config(block, n_head=4, n_kv_head=2, **mask)))
+    mha = GPT(tiny_config(block, n_head=4, **mask)).eval()
+    state = gqa.state_dict()
+    for name in [name for name in state if name.endswith("attn.c_attn.weight") or name.endswith("attn.c_attn.bias")]:
+        q, k, v = state[name].split((32, 16, 16))
+        repeat = lambda t: t.unflatten(0, (2, 8)).repeat_interleave(2, dim=0).flatten(0, 1)  # (heads · 8, ...)
+        state[name] = torch.cat((q, repeat(k), repeat(v)))
+    mha.load_state_dict(state)
+    idx = torch.randint(0, 50257, (2, 16))
+    torch.testing.assert_close(gqa(idx), mha(idx))
+    assert gqa.transformer.h[0].attn.c_attn.weight.shape == (64, 32)
+    gqa._set_kv_cache(2, idx.device)
+    assert [tuple(block.attn.cache.k.shape) for block in gqa.transformer.h] == [(2, 2, 32, 8)] * 2  # half of MHA's
+    assert sum(t.numel() for block in gqa.transformer.h for t in (block.attn.cache.k, block.attn.cache.v)) == 4096
+    gqa._set_kv_cache(None)
+    mha._set_kv_cache(2, idx.device)
+    assert sum(t.numel() for block in mha.transformer.h for t in (block.attn.cache.k, block.attn.cache.v)) == 8192
+    mha._set_kv_cache(None)
+
+
+def test_n_kv_head_equal_to_n_head_is_todays_model():
+    torch.manual_seed(0)
+    default = GPT(tiny_config())
+    torch.manual_seed(0)
+    explicit = GPT(tiny_config(n_kv_head=2))
+    assert default.state_dict().keys() == explicit.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values()))
+    assert default.transformer.h[0].attn.c_attn.weight.shape == (3 * 32, 32)
+    for bad in (3, 0):
+        with pytest.raises(ValueError, match="n_kv_head"):
+            ModelConfig(n_head=4, n_kv_head=bad)
