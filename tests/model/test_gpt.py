@@ -187,6 +187,17 @@ def test_flops_per_token_agrees_with_torch_flop_counter(block, tied):
     assert counter.get_total_flops() == pytest.approx(model.flops_per_token(64) * idx.numel(), rel=0.03)
 
 
+def test_flops_per_token_agrees_with_torch_flop_counter_under_the_block_knobs():
+    """Grouped-query attention (fewer k, v rows; the same attention matmuls), value embeddings (lookups, and a small
+    gate matmul) and residual scalars: the count still agrees with every matmul torch runs."""
+    knobs = dict(n_kv_head=2, value_embeddings="alternating", residual_scalars=True)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, **knobs))
+    idx = torch.randint(0, 50257, (2, 64))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(idx, idx).backward()
+    assert counter.get_total_flops() == pytest.approx(model.flops_per_token(64) * idx.numel(), rel=0.03)
+
+
 def test_parameter_counts_do_not_change_when_parameters_are_sharded():
     """FSDP leaves each rank a shard of every parameter; the counts come from the whole tensors at construction."""
     model = GPT(tiny_config("classic", tie_embeddings=False))
