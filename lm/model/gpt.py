@@ -75,10 +75,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.dropout = config.dropout
         self.qkv_rows = (config.n_embd, config.kv_dim, config.kv_dim)  # c_attn's output rows: q, k, v
-        if value_embedding:  # one gate per key/value head, from the first channels of the input
-            self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), config.kv_heads, bias=False)
         self.c_attn = nn.Linear(config.n_embd, sum(self.qkv_rows), bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        if value_embedding:  # one gate per key/value head, from the first channels of the input
+            self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), config.kv_heads, bias=False)
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:
             self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
@@ -171,15 +171,15 @@ class GPT(nn.Module):
                 ln_f=norm(config),
             )
         )
-        tables = len({table for table in self.layer_value_embeds if table is not None})
-        if tables:  # lookups, not matmuls: embeddings for the optimizer and the counts below
-            self.transformer.ve = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_dim) for _ in range(tables))
         if config.block == "classic":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:
             cos, sin = rope_cache(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        tables = len({table for table in self.layer_value_embeds if table is not None})
+        if tables:  # lookups, not matmuls: embeddings for the optimizer and the counts below
+            self.transformer.ve = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_dim) for _ in range(tables))
         self.layer_windows = config.layer_windows()  # each layer's attention window (None: full context)
         self.eot = EOT if config.attention_mask == "document" else None  # the token that starts a document
         self.cache_doc_start: torch.Tensor | None = None  # (B,) start of each row's open document in the KV cache
@@ -216,12 +216,12 @@ class GPT(nn.Module):
         | embeddings (tokens, positions, values)     | N(0, 0.02)                                                   |
         | norm gains; residual scalars λ_resid, λ_x0 | 1; 1 and 0 (set where they are built)                        |
         """
-        if isinstance(module, nn.Linear):
+        if module in self._value_gates():
+            nn.init.zeros_(module.weight)  # each gate 2 · sigmoid(0) = 1
+        elif isinstance(module, nn.Linear):
             std = 0.02
             if module in self._residual_projections():
                 std = 0.0 if self.config.zero_init_proj else std / math.sqrt(2 * self.config.n_layer)
-            elif module in self._value_gates():
-                std = 0.0
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
