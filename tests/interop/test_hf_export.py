@@ -94,6 +94,13 @@ def test_grouped_query_attention_exports_exactly_and_imports_back(tmp_path, arch
         assert all(torch.equal(state[name][rows(name)], t[rows(name)]) for name, t in model.state_dict().items())
 
 
+def test_zero_initialised_projections_are_only_an_init_and_export(tmp_path):
+    model, hf_model = exported(tmp_path, "modern", zero_init_proj=True, vocab_size=1000)
+    assert type(hf_model).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
+
+
 def test_document_masking_exports_exact_on_a_single_document(tmp_path):
     model, hf_model = exported(tmp_path, "modern", attention_mask="document", window_pattern="S", sliding_window=6)
     document = IDS.clone()
