@@ -176,8 +176,11 @@ def test_auto_trains_on_the_cpu_with_the_boolean_mask():
         dict(attention_mask="document"),
         dict(window_pattern="SSL", sliding_window=4),
         dict(attention_mask="document", window_pattern="S", sliding_window=3),
+        dict(
+            attention_mask="document", window_pattern="SL", sliding_window=3, n_head=4, n_kv_head=2, value_embeddings=1
+        ),
     ],
-    ids=["document", "window", "both"],
+    ids=["document", "window", "both", "gqa_value_embeddings"],
 )
 def test_kv_cache_decoding_equals_recomputing_the_context(block, knobs):
     """Token by token through the cache, EOTs arriving in the prompt and while decoding, against the full forward."""

@@ -224,6 +224,9 @@ KNOBS = {
     "value_embeddings_shared": {"value_embeddings": 1},  # one table for both layers
     "gqa": {"n_kv_head": 1},  # both query heads share one key/value head
     "gqa_value_embeddings": {"n_kv_head": 1, "value_embeddings": "alternating"},
+    "stacked": dict(
+        n_kv_head=1, value_embeddings=1, residual_scalars=True, zero_init_proj=True, qk_norm=True, logit_softcap=3.0
+    ),
 }
 
 
