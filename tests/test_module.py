@@ -47,12 +47,19 @@ def real_trainer(monkeypatch):
     monkeypatch.undo()
 
 
+# The block knobs that add parameters of their own or change their shapes: residual scalars (AdamW, no decay), value
+# embeddings (AdamW, as the token embedding; their gates are block matrices: Muon's, as nanochat's), grouped-query
+# attention (c_attn of 32 + 16 + 16 rows, split as such).
+KNOBS = dict(residual_scalars=True, value_embeddings="alternating", n_kv_head=1)
+
+
+@pytest.mark.parametrize("knobs", [{}, KNOBS], ids=["plain", "knobs"])
 @pytest.mark.parametrize("variants", [False, True], ids=["plain", "variants"])
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied, variants):
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied, variants, knobs):
     muon = ALL_VARIANTS if variants else MuonConfig()
     optim = OptimConfig(name="muon", lr=1e-3, muon=MuonConfig(**{**vars(muon), "lr": 0.05}))
-    module = LanguageModel(config=tiny_config(block, tie_embeddings=tied), optim=optim)
+    module = LanguageModel(config=tiny_config(block, tie_embeddings=tied, **knobs), optim=optim)
     optimizer = module.configure_optimizers()["optimizer"]
     names = {id(p): n for n, p in module.model.named_parameters()}
     members = {name: set() for name in ("muon", "decay", "no_decay")}
@@ -64,14 +71,17 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(block, tied, variants)
         n for n, p in module.model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2
     }
     assert "transformer.wte.weight" in members["decay"] and ("lm_head.weight" in members["decay"]) != tied
-    assert all("ln" in n or "norm" in n or n.endswith("bias") for n in members["no_decay"])
+    assert all("ln" in n or "norm" in n or n.endswith(("bias", "_lambdas")) for n in members["no_decay"])
+    assert {"resid_lambdas", "x0_lambdas"} <= members["no_decay"] if knobs else True
+    assert "transformer.ve.0.weight" in members["decay"] if knobs else True
     muon_groups = [group for group in optimizer.param_groups if group["name"] == "muon"]
     assert {group["initial_lr"] for group in muon_groups} == {0.05}  # before the schedule
     assert optimizer.param_groups[0]["initial_lr"] == 1e-3 and {g["weight_decay"] for g in muon_groups} == {0.0}
     assert optimizer.muon.param_groups == muon_groups and optimizer.adamw.param_groups[0] is optimizer.param_groups[0]
-    splits = {names[id(p)].split(".", 3)[-1]: group.get("split", 1) for group in muon_groups for p in group["params"]}
-    fused = {"attn.c_attn.weight": 3} | ({"mlp.c_fc.weight": 2} if block == "modern" else {})  # classic: GELU
-    assert splits == {name: fused.get(name, 1) if variants else 1 for name in splits}
+    splits = {names[id(p)].split(".", 3)[-1]: group.get("split") for group in muon_groups for p in group["params"]}
+    kv = 16 if knobs else 32
+    fused = {"attn.c_attn.weight": (32, kv, kv)} | ({"mlp.c_fc.weight": (256, 256)} if block == "modern" else {})
+    assert splits == {name: fused.get(name) if variants else None for name in splits}  # classic: a GELU c_fc
 
 
 @pytest.mark.parametrize("muon", [MuonConfig(), ALL_VARIANTS], ids=["plain", "variants"])

@@ -6,17 +6,18 @@ Design choices:
 - Only torch, safetensors and json are needed: transformers is for whoever loads the exported directory, it is
   not a dependency of lm.
 - classic is GPT-2 under the same parameter names; only GPT-2's Conv1D weights are stored transposed (in, out).
-- modern is Llama without grouped-query attention: our fused c_attn (q, k, v) and c_fc (gate, up) are split
-  into Llama's projections. Our RoPE uses Llama's rotate-half layout, so q and k need no permutation. With
-  QK-norm it is Qwen3, which is Llama plus an RMSNorm of each head's queries and keys before RoPE, as ours.
+- modern is Llama: our fused c_attn (q, k, v; k and v n_kv_head heads wide under grouped-query attention, as
+  Llama's num_key_value_heads) and c_fc (gate, up) are split into Llama's projections. Our RoPE uses Llama's
+  rotate-half layout, so q and k need no permutation. With QK-norm it is Qwen3, which is Llama plus an RMSNorm of
+  each head's queries and keys before RoPE, as ours.
   Mistral and Ministral are Llama with sliding windows (on every layer, or per layer as `layer_types`), under the
   same rule as ours: query i sees keys i - sliding_window + 1 … i.
 - Document masking is how the model was trained, not a different function of one document: a model trained with
   it computes on a single document exactly what the exported model does, so it exports as it is. Several documents
   in one sequence attend to each other in transformers; feed them one at a time.
-- A config no transformers architecture computes exactly (a soft cap on the logits, a modern block with a plain
-  GELU or squared-ReLU MLP, a classic block with any of the modern knobs) is refused with one line naming the key,
-  never exported approximately.
+- A config no transformers architecture computes exactly (a soft cap on the logits, residual scalars, value
+  embeddings, a modern block with a plain GELU or squared-ReLU MLP, a classic block with any of the modern knobs)
+  is refused with one line naming the key, never exported approximately.
 - Hugging Face checkpoints hold the real vocabulary; ours pad it (50257 → 50304). Export trims the padding rows,
   import pads with zeros (padded logits are never read).
 - The tokenizer is always GPT-2's: vocab.json and merges.txt are rebuilt from tiktoken's ranks (byte for byte
@@ -56,9 +57,12 @@ def hf_model_type(config: ModelConfig) -> str:
     """The transformers model type that computes exactly what `config` does, or a UserError naming the key."""
     unsupported = {
         "logit_softcap": config.logit_softcap is not None,
+        "residual_scalars": config.residual_scalars,
+        "value_embeddings": config.value_embeddings is not None,
         "mlp_activation": config.activation != ("gelu" if config.block == "classic" else "swiglu"),
         "qk_norm": config.qk_norm and config.block == "classic",
         "window_pattern": config.window_pattern is not None and config.block == "classic",
+        "n_kv_head": config.kv_heads != config.n_head and config.block == "classic",
     }
     for key, is_set in unsupported.items():
         if is_set:
@@ -119,7 +123,11 @@ def to_hf(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torc
             tensor = tensor[: config.vocab_size]
         if config.block == "classic" and ours.endswith(CONV1D):
             tensor = tensor.t()  # GPT-2's Conv1D stores (in, out)
-        hf |= zip(theirs, tensor.chunk(len(theirs)))
+        if len(theirs) == 3:  # q, k, v: k and v are narrower under grouped-query attention
+            parts = tensor.split((config.n_embd, config.kv_dim, config.kv_dim))
+        else:
+            parts = tensor.chunk(len(theirs))
+        hf |= zip(theirs, parts)
     return hf
 
 
@@ -175,7 +183,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
         "intermediate_size": c.hidden_size,
         "num_hidden_layers": c.n_layer,
         "num_attention_heads": c.n_head,
-        "num_key_value_heads": c.n_head,
+        "num_key_value_heads": c.kv_heads,
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": c.block_size,
@@ -237,9 +245,13 @@ def model_config(hf: dict, where: Path) -> ModelConfig:
         )
     elif model_type in ("llama", "qwen3"):
         heads, width = get("num_attention_heads"), get("hidden_size")
+        kv_heads = get("num_key_value_heads", heads)
+        if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+            raise UserError(
+                f"{where}: num_key_value_heads = {kv_heads!r} does not divide num_attention_heads = {heads}"
+            )
         rope = get("rope_parameters", None) or {}
         require("hidden_act", "silu", ("silu",))
-        require("num_key_value_heads", heads, (heads,))  # grouped-query attention has no place in c_attn
         require("head_dim", None, (None, width // heads))
         require("attention_bias", False, (False,))
         require("mlp_bias", False, (False,))
@@ -253,6 +265,7 @@ def model_config(hf: dict, where: Path) -> ModelConfig:
             block="modern",
             n_layer=get("num_hidden_layers"),
             n_head=heads,
+            n_kv_head=None if kv_heads == heads else kv_heads,
             n_embd=width,
             block_size=get("max_position_embeddings"),
             mlp_hidden=get("intermediate_size"),

@@ -126,14 +126,16 @@ def flex(device_type: str):
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask, dropout: float) -> torch.Tensor:
-    """Attention of q (B, nh, T, hs) over k, v (B, nh, S, hs) under `mask`."""
+    """Attention of q (B, nh, T, hs) over k, v (B, n_kv, S, hs) under `mask`; with fewer key/value heads than query
+    heads (grouped-query attention), each serves nh / n_kv consecutive query heads (the kernels' enable_gqa)."""
+    gqa = q.size(1) != k.size(1)  # only then: every kernel keeps its multi-head path
     if mask is None:  # plain causal; one new token (T = 1) attends to every cached key
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.size(2) > 1)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.size(2) > 1, enable_gqa=gqa)
     if isinstance(mask, BlockMask):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
             raise UserError(
                 "model.config.attention_backend: flex cannot train on a CPU (FlexAttention has no backward there): "
                 "use auto or sdpa"
             )
-        return flex(q.device.type)(q, k, v, block_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return flex(q.device.type)(q, k, v, block_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)

@@ -22,6 +22,8 @@ class ModelConfig:
             MLP follows n_embd. An explicit n_layer, n_head or n_embd overrides what the dial gives. null: no dial.
         n_layer: Number of transformer blocks (default 12, or `depth`).
         n_head: Attention heads per block (default 12, or n_embd / 64 with `depth`).
+        n_kv_head: Key/value heads (grouped-query attention: each serves n_head / n_kv_head query heads, and the KV
+            cache shrinks by that factor); null: n_head (multi-head attention, c_attn of 3 · n_embd rows).
         n_embd: Width of the residual stream (default 768, or 64 · depth).
         block_size: Context length in tokens.
         vocab_size: Real vocabulary size (50257 for the GPT-2 BPE).
@@ -49,12 +51,23 @@ class ModelConfig:
         attention_backend: "auto": PyTorch's causal SDPA kernels for plain causal attention, FlexAttention on CUDA
             for other masks, SDPA with a boolean mask elsewhere; "sdpa" or "flex" force one (flex cannot train on a
             CPU). Runtime only: it never changes what the model computes.
+        residual_scalars: Learnable scalars per layer on the residual stream and on the block input x0 (the embedding
+            output): x ← λ_resid · x + λ_x0 · x0 before each block (nanochat, the GPT-2 speedrun). They start at 1
+            and 0, so the model starts as without them.
+        zero_init_proj: Initialise the output projections of attention and MLP (attn.c_proj, mlp.c_proj) to zero
+            (the GPT-2 speedrun's) instead of GPT-2's N(0, 0.02 / √(2 · n_layer)): each block starts as the identity.
+        value_embeddings: Token-embedding tables (vocab × the key/value width) whose lookup of the input tokens is added
+            to a layer's attention values, gated per head: v ← v + 2 · sigmoid(W · x[:32]) · table[token], x the
+            block's normed input. null: none; "alternating": a table of its own for every other layer, the last
+            included (nanochat's); an int n: n tables shared by the first n and the last n layers (layer i and layer
+            n_layer - n + i share table i, as the GPT-2 speedrun's).
     """
 
     block: Literal["classic", "modern"] = "modern"
     depth: int | None = None
     n_layer: int | None = None
     n_head: int | None = None
+    n_kv_head: int | None = None  # null: n_head
     n_embd: int | None = None
     block_size: int = 1024
     vocab_size: int = 50257
@@ -71,6 +84,9 @@ class ModelConfig:
     window_pattern: str | None = None  # e.g. "SSSL": S = sliding_window tokens, L = full context; tiled over layers
     sliding_window: int | None = None
     attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    residual_scalars: bool = False
+    zero_init_proj: bool = False
+    value_embeddings: Literal["alternating"] | int | None = None  # e.g. "alternating", or 3 shared tables
 
     def __post_init__(self):
         if self.depth is not None and self.depth <= 0:
@@ -90,6 +106,10 @@ class ModelConfig:
                 raise ValueError(f"model config '{name}' must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"model config 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head})")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise ValueError(
+                f"model config 'n_kv_head' ({self.n_kv_head}) must divide 'n_head' ({self.n_head}) (or be null)"
+            )
         if self.block == "modern" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head size; n_embd / n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
@@ -99,6 +119,14 @@ class ModelConfig:
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise ValueError(f"model config 'logit_softcap' must be positive (or null), got {self.logit_softcap}")
         self._check_attention()
+        ve = self.value_embeddings
+        if ve not in (None, "alternating") and (isinstance(ve, bool) or not isinstance(ve, int) or ve < 1):
+            raise ValueError(f"model config 'value_embeddings' is null, 'alternating' or a count ≥ 1, not {ve!r}")
+        if isinstance(ve, int) and 2 * ve > self.n_layer:
+            raise ValueError(
+                f"model config 'value_embeddings' {ve} shares a table between layer i and layer n_layer - {ve} + i: "
+                f"at most n_layer / 2 = {self.n_layer // 2} tables"
+            )
 
     def _check_attention(self):
         if self.attention_mask not in ("causal", "document"):
@@ -127,6 +155,25 @@ class ModelConfig:
         pattern = self.window_pattern or "L"
         short = sliding_window or self.sliding_window
         return [short if pattern[i % len(pattern)] == "S" else None for i in range(self.n_layer)]
+
+    def layer_value_embeddings(self) -> list[int | None]:
+        """Each layer's value-embedding table (an index into the tables; None: no value embedding)."""
+        L, ve = self.n_layer, self.value_embeddings
+        if ve is None:
+            return [None] * L
+        if ve == "alternating":
+            layers = [i for i in range(L) if i % 2 == (L - 1) % 2]  # every other layer, the last included
+            return [layers.index(i) if i in layers else None for i in range(L)]
+        return [i if i < ve else i - (L - ve) if i >= L - ve else None for i in range(L)]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the keys and of the values (all heads together)."""
+        return self.kv_heads * self.head_dim
 
     @property
     def head_dim(self) -> int:

@@ -3,8 +3,11 @@
 Design choices:
 - "classic" is GPT-2: learned positions, pre-norm LayerNorm with bias, GELU (tanh) MLP, biases everywhere.
   "modern" swaps in RoPE, RMSNorm, a SwiGLU MLP and drops biases. Parameter names are shared, so the
-  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Three knobs
-  of the config change a block further: the MLP's activation, QK-norm and a soft cap on the output logits.
+  training module, checkpoints and the Hugging Face adapters do not care which flavour they hold. Knobs of the
+  config change a block further: the MLP's activation, QK-norm, a soft cap on the output logits, learnable
+  residual scalars (x ← λ_resid · x + λ_x0 · x0 before each block), zero-initialised output projections and
+  value embeddings (per-layer token tables added to the attention values, gated per head; resolved at build time
+  to each layer's table, as windows are).
 - Attention is torch's scaled_dot_product_attention (flash / memory-efficient kernels where available) under a
   plain causal mask. Document masking and sliding windows (config knobs, resolved at build time to each layer's
   window) build one mask per forward pass, shared by the layers, in lm/model/attention.py, which also picks the
@@ -30,6 +33,7 @@ from lm.model.config import ModelConfig
 from lm.model.loss import cross_entropy
 
 LOSS_CHUNK_TOKENS = 4096  # tokens per pass through the output layer in the loss (see lm/model/loss.py)
+VE_GATE_CHANNELS = 32  # a value embedding's gate reads the first channels of the block's input (nanochat's)
 
 
 def rope_cache(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,11 +70,15 @@ class KVCache(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, value_embedding: bool = False):
         super().__init__()
-        self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.dropout = config.dropout
+        self.qkv_rows = (config.n_embd, config.kv_dim, config.kv_dim)  # c_attn's output rows: q, k, v
+        self.c_attn = nn.Linear(config.n_embd, sum(self.qkv_rows), bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        if value_embedding:  # one gate per key/value head, from the first channels of the input
+            self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), config.kv_heads, bias=False)
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:
             self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
@@ -78,10 +86,23 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = config.qk_norm
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, pos: int, mask: Mask):
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        pos: int,
+        mask: Mask,
+        ve: torch.Tensor | None = None,
+    ):
+        """`ve` (B, T, kv width): this layer's value embedding of the tokens, added to the values before caching."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = self.c_attn(x).split(self.qkv_rows, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hs)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_dim) for t in (k, v))  # (B, T, n_kv, hs)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, n_kv); 1 at init
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs), k and v (B, n_kv, T, hs)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -89,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         if self.cache is not None:
             if pos > 0 and T > 1:
                 raise ValueError("the KV cache takes a prompt at position 0, then one token at a time")
-            k, v = self.cache.update(pos, k, v)  # (B, nh, pos + T, hs)
+            k, v = self.cache.update(pos, k, v)  # (B, n_kv, pos + T, hs)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -125,15 +146,15 @@ def norm(config: ModelConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, value_embedding: bool = False):
         super().__init__()
         self.ln_1 = norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, value_embedding)
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, pos, mask):
-        x = x + self.attn(self.ln_1(x), rope, pos, mask)
+    def forward(self, x, rope, pos, mask, ve=None):
+        x = x + self.attn(self.ln_1(x), rope, pos, mask, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -141,11 +162,12 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.layer_value_embeds = config.layer_value_embeddings()  # each layer's value-embedding table (or None)
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                h=nn.ModuleList(Block(config, table is not None) for table in self.layer_value_embeds),
                 ln_f=norm(config),
             )
         )
@@ -155,9 +177,15 @@ class GPT(nn.Module):
             cos, sin = rope_cache(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        tables = len({table for table in self.layer_value_embeds if table is not None})
+        if tables:  # lookups, not matmuls: embeddings for the optimizer and the counts below
+            self.transformer.ve = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_dim) for _ in range(tables))
         self.layer_windows = config.layer_windows()  # each layer's attention window (None: full context)
         self.eot = EOT if config.attention_mask == "document" else None  # the token that starts a document
         self.cache_doc_start: torch.Tensor | None = None  # (B,) start of each row's open document in the KV cache
+        if config.residual_scalars:  # separate parameters: 1-D, so AdamW's no-decay group (lm/optim/build.py)
+            self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))  # λ_resid of each layer
+            self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))  # λ_x0 of each layer
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -168,7 +196,8 @@ class GPT(nn.Module):
         padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
         self._num_params = sum(p.numel() for p in self.parameters()) - padding * (1 if config.tie_embeddings else 2)
         positions = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
-        lookups = config.vocab_size * config.n_embd + positions
+        values = sum(table.weight.numel() for table in self.transformer.ve) if tables else 0
+        lookups = config.vocab_size * config.n_embd + positions + values
         # The embedding tables and the output layer (tied or not): what a scaling law's N leaves out.
         self._embedding_params = lookups + (0 if config.tie_embeddings else config.vocab_size * config.n_embd)
         # Weights that take part in a matmul: all but the lookups, the output layer counted once (tied or not).
@@ -176,11 +205,23 @@ class GPT(nn.Module):
         self._matmul_params = self._num_params - lookups + output_layer
 
     def _init_weights(self, module: nn.Module):
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 · n_layer), zero biases."""
-        if isinstance(module, nn.Linear):
+        """Every parameter's init, GPT-2's unless a knob says otherwise:
+
+        | parameters                                 | init                                                         |
+        |--------------------------------------------|--------------------------------------------------------------|
+        | Linear weights                             | N(0, 0.02)                                                   |
+        | output projections (attn/mlp c_proj)       | N(0, 0.02 / √(2 · n_layer)); 0 with zero_init_proj           |
+        | biases                                     | 0                                                            |
+        | value-embedding gates (attn.ve_gate)       | 0: each gate 2 · sigmoid(0) = 1                              |
+        | embeddings (tokens, positions, values)     | N(0, 0.02)                                                   |
+        | norm gains; residual scalars λ_resid, λ_x0 | 1; 1 and 0 (set where they are built)                        |
+        """
+        if module in self._value_gates():
+            nn.init.zeros_(module.weight)  # each gate 2 · sigmoid(0) = 1
+        elif isinstance(module, nn.Linear):
             std = 0.02
             if module in self._residual_projections():
-                std /= math.sqrt(2 * self.config.n_layer)
+                std = 0.0 if self.config.zero_init_proj else std / math.sqrt(2 * self.config.n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -189,6 +230,9 @@ class GPT(nn.Module):
 
     def _residual_projections(self) -> set[nn.Module]:
         return {m for block in self.transformer.h for m in (block.attn.c_proj, block.mlp.c_proj)}
+
+    def _value_gates(self) -> set[nn.Module]:
+        return {block.attn.ve_gate for block in self.transformer.h if hasattr(block.attn, "ve_gate")}
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0, z_loss: float | None = None
@@ -216,13 +260,18 @@ class GPT(nn.Module):
             rope = self.rope_cos[attn.positions], self.rope_sin[attn.positions]  # (T, hs), or (B, T, hs) per row
             if attn.positions.dim() == 2:
                 rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # (B, 1, T, hs): broadcast over heads
-        x = self.transformer.drop(x)
-        for block, window in zip(self.transformer.h, self.layer_windows):
+        x0 = x = self.transformer.drop(x)  # x0: the block input that residual scalars mix back in
+        for i, (block, window, table) in enumerate(
+            zip(self.transformer.h, self.layer_windows, self.layer_value_embeds)
+        ):
             mask = attn.masks[window]
+            ve = None if table is None else self.transformer.ve[table](idx)  # (B, T, kv width)
+            if self.config.residual_scalars:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rope, pos, mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, pos, mask, ve, use_reentrant=False)
             else:
-                x = block(x, rope, pos, mask)
+                x = block(x, rope, pos, mask, ve)
         x = self.transformer.ln_f(x)
         c = self.config
         if targets is not None and self.loss_chunk_tokens:
@@ -248,17 +297,19 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters of the unpadded model (padding rows of the vocabulary not counted; tied weights once); with
-        `non_embedding`, those of the blocks and the final norm only: no token or position table, no output layer
-        (Kaplan et al. 2020's N, which scaling laws use: at small sizes the vocabulary's tables dominate the count)."""
+        `non_embedding`, those of the blocks, the final norm and the residual scalars only: no token, position or
+        value-embedding table, no output layer (Kaplan et al. 2020's N, which scaling laws use: at small sizes the
+        vocabulary's tables dominate the count)."""
         return self._num_params - self._embedding_params if non_embedding else self._num_params
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token: 6 per matmul weight + 12·H·Q·T per layer for attention (PaLM, appendix B).
 
-        Embedding lookups do no matmul, so they are left out; the output layer is one (vocab × n_embd) matmul
-        whether or not it shares the embedding's weights. Attention is counted for the full T × T score matrix
-        (as FlashAttention's and PaLM's counts do), not the causal half; a layer with a sliding window of w tokens
-        counts min(T, w) keys per query. Document masking is not subtracted (it depends on the data).
+        Embedding lookups (tokens, positions, value embeddings) do no matmul, so they are left out; the output layer
+        is one (vocab × n_embd) matmul whether or not it shares the embedding's weights. Attention is counted for the
+        full T × T score matrix (as FlashAttention's and PaLM's counts do), not the causal half; a layer with a
+        sliding window of w tokens counts min(T, w) keys per query. Document masking is not subtracted (it depends on
+        the data).
         """
         c = self.config
         T = seq_len or c.block_size
@@ -311,7 +362,7 @@ class GPT(nn.Module):
             block.attn.cache = (
                 None
                 if batch_size is None
-                else KVCache(batch_size, c.n_head, c.block_size, c.head_dim, self.lm_head.weight.dtype, device)
+                else KVCache(batch_size, c.kv_heads, c.block_size, c.head_dim, self.lm_head.weight.dtype, device)
             )
 
 

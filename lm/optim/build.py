@@ -1,10 +1,11 @@
 """Which parameter each optimizer takes, and the optimizer `model.optim` names.
 
-- AdamW decays ≥2-D weights only (the embeddings and a tied output layer if adamw.decay_embeddings), never biases
-  or norm gains: groups "decay" and "no_decay".
+- AdamW decays ≥2-D weights only (the embeddings and a tied output layer if adamw.decay_embeddings), never biases,
+  norm gains or residual scalars: groups "decay" and "no_decay". Embeddings are the token, position and value
+  embeddings (lookup tables, never Muon's).
 - With name: muon, the 2-D weight matrices inside the blocks go to Muon (group "muon"), the rest to AdamW. With
-  muon.split_fused, the fused matrices get groups of their own whose `split` says how many projections they hold:
-  attn.c_attn (Q, K, V: 3) and a SwiGLU mlp.c_fc (gate, up: 2).
+  muon.split_fused, the fused matrices get groups of their own whose `split` lists the rows of each projection they
+  hold: attn.c_attn (Q, K, V; K and V narrower under grouped-query attention) and a SwiGLU mlp.c_fc (gate, up).
 """
 
 import torch
@@ -16,13 +17,14 @@ from lm.optim.muon import Muon
 from lm.optim.muon_adamw import MuonAdamW
 
 
-def fused_projections(model: GPT) -> dict[int, int]:
-    """id of each fused weight matrix → how many projections it stacks (as row blocks of equal size)."""
+def fused_projections(model: GPT) -> dict[int, tuple[int, ...]]:
+    """id of each fused weight matrix → the rows of each projection it stacks, in order."""
     fused = {}
     for block in model.transformer.h:
-        fused[id(block.attn.c_attn.weight)] = 3
+        fused[id(block.attn.c_attn.weight)] = block.attn.qkv_rows
         if block.mlp.activation == "swiglu":
-            fused[id(block.mlp.c_fc.weight)] = 2
+            hidden = block.mlp.c_proj.in_features
+            fused[id(block.mlp.c_fc.weight)] = (hidden, hidden)
     return fused
 
 
@@ -30,7 +32,8 @@ def parameter_groups(model: GPT, optim: OptimConfig) -> tuple[list[dict], list[d
     """(Muon's groups, AdamW's groups): every trainable parameter in exactly one; Muon's are empty for adamw."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     to_muon = lambda name, p: optim.name == "muon" and name.startswith("transformer.h.") and p.dim() == 2
-    embeddings = {id(p) for name, p in named if name.startswith(("transformer.wte", "transformer.wpe"))}
+    tables = ("transformer.wte.", "transformer.wpe.", "transformer.ve.")  # token, position and value embeddings
+    embeddings = {id(p) for name, p in named if name.startswith(tables)}
     decay, no_decay = [], []
     for name, p in named:
         if not to_muon(name, p):
@@ -42,11 +45,11 @@ def parameter_groups(model: GPT, optim: OptimConfig) -> tuple[list[dict], list[d
     ]
     splits = fused_projections(model) if optim.muon.split_fused else {}
     matrices = [p for name, p in named if to_muon(name, p)]
-    muon_groups = [
-        {"name": "muon", "params": [p for p in matrices if splits.get(id(p), 1) == split]}
-        | ({"split": split} if split > 1 else {})
-        for split in (1, 3, 2)
-    ]
+    muon_groups = [{"name": "muon", "params": [p for p in matrices if id(p) not in splits]}]
+    for split in dict.fromkeys(splits.values()):  # one group per distinct split, in the order of the layers
+        muon_groups.append(
+            {"name": "muon", "params": [p for p in matrices if splits.get(id(p)) == split], "split": split}
+        )
     return [group for group in muon_groups if group["params"]], adamw_groups
 
 

@@ -75,8 +75,8 @@ def normuon(update: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon with lm's variants (module docstring); a group's `split` (default 1) is how many row blocks of equal size
-    its matrices hold, each updated as a matrix of its own."""
+    """Muon with lm's variants (module docstring); a group's `split` (default None: whole) lists the rows of each
+    block of rows its matrices hold (q, k, v of c_attn), each updated as a matrix of its own."""
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class Muon(torch.optim.Optimizer):
             normuon=normuon,
             cautious_weight_decay=cautious_weight_decay,
             lr_scaling=lr_scaling,
-            split=1,
+            split=None,
         )
         super().__init__(params, defaults)
 
@@ -122,8 +122,9 @@ class Muon(torch.optim.Optimizer):
         buffer = state["momentum_buffer"]
         buffer.lerp_(p.grad, 1 - group["momentum"])
         update = p.grad.lerp(buffer, group["momentum"])
-        moments = state["second_moment"].chunk(group["split"]) if group["normuon"] else [None] * group["split"]
-        for weight, part, moment in zip(p.chunk(group["split"]), update.chunk(group["split"]), moments):
+        rows = row_blocks(group["split"], p.size(0))
+        moments = state["second_moment"].split(rows) if group["normuon"] else [None] * len(rows)
+        for weight, part, moment in zip(p.split(rows), update.split(rows), moments):
             direction = orthogonalize(part, group["orthogonalization"])
             if moment is not None:
                 direction = normuon(direction, moment)
@@ -132,3 +133,11 @@ class Muon(torch.optim.Optimizer):
             else:
                 weight.mul_(1 - decay)
             weight.add_(direction, alpha=-_adjust_lr(lr, group["lr_scaling"], part.shape))
+
+
+def row_blocks(split: tuple[int, ...] | int | None, rows: int) -> tuple[int, ...]:
+    """A group's `split` as the rows of each block: None is the whole matrix; an int n (what checkpoints saved before
+    grouped-query attention, whose optimizer state restores the groups' settings) is n blocks of equal size."""
+    if split is None or isinstance(split, int):
+        return (rows // (split or 1),) * (split or 1)
+    return tuple(split)

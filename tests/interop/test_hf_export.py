@@ -66,6 +66,41 @@ def test_sliding_windows_export_exactly(tmp_path, architecture):
     assert (full(IDS) - model(IDS)).abs().max() > 1e-3  # the windows matter on these tokens
 
 
+@pytest.mark.parametrize(
+    "architecture, knobs",
+    [
+        ("LlamaForCausalLM", {}),
+        ("Qwen3ForCausalLM", {"qk_norm": True}),
+        ("MinistralForCausalLM", WINDOWED["MinistralForCausalLM"]),
+    ],
+)
+def test_grouped_query_attention_exports_exactly_and_imports_back(tmp_path, architecture, knobs):
+    """4 query heads over 2 key/value heads: num_key_value_heads 2, logits and greedy tokens as transformers computes
+    them; the directory imports back to the same config and weights."""
+    model, hf_model = exported(tmp_path, "modern", n_head=4, n_kv_head=2, vocab_size=1000, **knobs)
+    assert type(hf_model).__name__ == architecture and hf_model.config.num_key_value_heads == 2
+    assert hf_model.model.layers[0].self_attn.k_proj.weight.shape == (16, 32)
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
+    ours = torch.stack(list(model.generate(IDS[:, :4], 12, temperature=0)), dim=1)
+    theirs = hf_model.generate(
+        IDS[:, :4], max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(IDS[:, :4])
+    )
+    assert torch.equal(ours, theirs[:, 4:])
+    if architecture != "MinistralForCausalLM":  # lm imports GPT-2, Llama and Qwen3
+        config, state = hf.load_hf_dir(tmp_path / "hf")
+        assert config.n_kv_head == 2 and config.qk_norm == model.config.qk_norm
+        rows = lambda name: slice(1000) if name in hf.VOCAB_ROWS else slice(None)  # the padding is not exported
+        assert all(torch.equal(state[name][rows(name)], t[rows(name)]) for name, t in model.state_dict().items())
+
+
+def test_zero_initialised_projections_are_only_an_init_and_export(tmp_path):
+    model, hf_model = exported(tmp_path, "modern", zero_init_proj=True, vocab_size=1000)
+    assert type(hf_model).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
+
+
 def test_document_masking_exports_exact_on_a_single_document(tmp_path):
     model, hf_model = exported(tmp_path, "modern", attention_mask="document", window_pattern="S", sliding_window=6)
     document = IDS.clone()
@@ -80,6 +115,10 @@ def test_document_masking_exports_exact_on_a_single_document(tmp_path):
         ("modern", {"logit_softcap": 30.0}),
         ("modern", {"mlp_activation": "relu2"}),
         ("modern", {"mlp_activation": "gelu"}),
+        ("modern", {"residual_scalars": True}),
+        ("classic", {"residual_scalars": True}),
+        ("modern", {"value_embeddings": "alternating"}),
+        ("classic", {"n_kv_head": 1}),
         ("classic", {"qk_norm": True}),
         ("classic", {"mlp_activation": "swiglu"}),
         ("classic", {"window_pattern": "S", "sliding_window": 4}),

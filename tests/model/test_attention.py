@@ -140,10 +140,11 @@ def test_a_window_no_shorter_than_the_context_is_plain_causal(block):
     assert not torch.allclose(short(ids)[:, -1], plain(ids)[:, -1])
 
 
+@pytest.mark.parametrize("heads", [{}, {"n_head": 4, "n_kv_head": 2}], ids=["mha", "gqa"])
 @pytest.mark.parametrize("document", [False, True], ids=["causal", "document"])
-def test_flex_forward_equals_sdpa_on_the_cpu(block, document):
+def test_flex_forward_equals_sdpa_on_the_cpu(block, document, heads):
     torch.manual_seed(0)
-    knobs = dict(window_pattern="SL", sliding_window=5, attention_mask="document" if document else "causal")
+    knobs = dict(window_pattern="SL", sliding_window=5, attention_mask="document" if document else "causal", **heads)
     sdpa = GPT(tiny_config(block, attention_backend="sdpa", **knobs)).eval()
     flex = GPT(tiny_config(block, attention_backend="flex", **knobs)).eval()
     flex.load_state_dict(sdpa.state_dict())
@@ -175,8 +176,11 @@ def test_auto_trains_on_the_cpu_with_the_boolean_mask():
         dict(attention_mask="document"),
         dict(window_pattern="SSL", sliding_window=4),
         dict(attention_mask="document", window_pattern="S", sliding_window=3),
+        dict(
+            attention_mask="document", window_pattern="SL", sliding_window=3, n_head=4, n_kv_head=2, value_embeddings=1
+        ),
     ],
-    ids=["document", "window", "both"],
+    ids=["document", "window", "both", "gqa_value_embeddings"],
 )
 def test_kv_cache_decoding_equals_recomputing_the_context(block, knobs):
     """Token by token through the cache, EOTs arriving in the prompt and while decoding, against the full forward."""

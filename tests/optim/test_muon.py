@@ -4,7 +4,7 @@ projection, NorMuon and cautious weight decay."""
 import pytest
 import torch
 
-from lm.optim.muon import POLAR_EXPRESS, Muon, normuon, orthogonalize
+from lm.optim.muon import POLAR_EXPRESS, Muon, normuon, orthogonalize, row_blocks
 
 # Amsel et al. 2025, Algorithm 1 (arXiv:2505.16932): the first five polynomials, and the safety factor 1.01.
 PAPER_POLAR_EXPRESS = [
@@ -73,18 +73,19 @@ def test_plain_step_is_torchs_bit_for_bit(lr_scaling):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=["polar_express", "normuon", "cautious", "match_rms_adamw", "all"])
-@pytest.mark.parametrize("parts", [3, 2])
-def test_the_update_of_a_fused_matrix_is_the_updates_of_its_parts(variant, parts):
-    """c_attn (Q, K, V) or a SwiGLU c_fc (gate, up) with split: exactly what its parts get as matrices of their own."""
+@pytest.mark.parametrize("rows", [(32, 32, 32), (32, 32), (32, 8, 8)], ids=["qkv", "gate_up", "gqa"])
+def test_the_update_of_a_fused_matrix_is_the_updates_of_its_parts(variant, rows):
+    """c_attn (Q, K, V; K and V narrower under grouped-query attention) or a SwiGLU c_fc (gate, up) with split:
+    exactly what its parts get as matrices of their own."""
     torch.manual_seed(0)
-    fused = torch.randn(parts * 32, 32)
+    fused = torch.randn(sum(rows), 32)
     grads = [torch.randn_like(fused) for _ in range(3)]
     settings = dict(lr=0.02, momentum=0.95, weight_decay=0.1, **variant)
-    separate = [part.clone() for part in fused.chunk(parts)]
-    steps(Muon([{"params": [fused], "split": parts}], **settings), [fused], [[g] for g in grads])
-    steps(Muon(separate, **settings), separate, [list(g.chunk(parts)) for g in grads])
+    separate = [part.clone() for part in fused.split(rows)]
+    steps(Muon([{"params": [fused], "split": rows}], **settings), [fused], [[g] for g in grads])
+    steps(Muon(separate, **settings), separate, [list(g.split(rows)) for g in grads])
     assert torch.equal(fused, torch.cat(separate))
-    unsplit = torch.randn(parts * 32, 32)
+    unsplit = torch.randn(sum(rows), 32)
     steps(Muon([unsplit], **settings), [unsplit], [[g] for g in grads])
     assert not torch.allclose(unsplit, fused)  # the split matters (the same weights would not follow otherwise)
 
@@ -121,3 +122,10 @@ def test_match_rms_adamw_gives_an_update_of_rms_0_2_lr_at_every_width(shape):
     steps(Muon([w], lr=0.01, momentum=0.0, weight_decay=0.0, lr_scaling="match_rms_adamw"), [w], [[torch.randn(shape)]])
     rms = w.square().mean().sqrt().item()
     assert rms == pytest.approx(0.2 * 0.01, rel=0.25)  # Newton-Schulz's singular values are ≈ 1, not 1
+
+
+def test_a_split_saved_as_a_count_is_equal_blocks():
+    """Checkpoints from before grouped-query attention saved `split` as a count; their groups resume as they ran."""
+    assert row_blocks(3, 96) == (32, 32, 32)
+    assert row_blocks(None, 96) == (96,)
+    assert row_blocks([64, 16, 16], 96) == (64, 16, 16)
