@@ -339,12 +339,15 @@ def quiet_console() -> None:
     cloud services, a deprecation inside Lightning's own use of torch's pytree, and Lightning's warning that a
     resumed run's checkpoint directory is not empty (lm checks the run directory itself: see claim_run_dir); and
     Lightning's lines about signals, which PreemptionCheckpoint replaces: "Received SIGTERM" (also for a Ctrl-C or
-    SIGUSR1, when the step is over) and "attempting graceful shutdown" on a second Ctrl-C."""
+    SIGUSR1, when the step is over) and "attempting graceful shutdown" on a second Ctrl-C; and LightningCLI's warning
+    that it was given both `args` and a command line (lm.cli passes the command line as `args`)."""
     dropped = ("💡 Tip:", "Received SIGTERM: ", "Detected KeyboardInterrupt")
     for handler in logging.getLogger("lightning.pytorch").handlers:
         handler.addFilter(lambda record: not any(text in record.getMessage() for text in dropped))
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # lm.cli hands LightningCLI the command line it read (negative numbers joined to their keys): not a mistake.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
 def main(args: list[str] | None) -> None:

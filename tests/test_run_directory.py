@@ -142,3 +142,4 @@ def test_the_console_shows_no_tips_or_third_party_deprecations(validated_run, tm
     assert done.returncode == 0, done.stderr[-2000:]
     console = done.stdout + done.stderr
     assert "Tip:" not in console and "deprecated" not in console.lower() and "Epoch" not in console
+    assert "warning" not in console.lower(), console  # e.g. LightningCLI's about args and sys.argv both given
