@@ -340,7 +340,8 @@ def quiet_console() -> None:
     resumed run's checkpoint directory is not empty (lm checks the run directory itself: see claim_run_dir); and
     Lightning's lines about signals, which PreemptionCheckpoint replaces: "Received SIGTERM" (also for a Ctrl-C or
     SIGUSR1, when the step is over) and "attempting graceful shutdown" on a second Ctrl-C; and LightningCLI's warning
-    that it was given both `args` and a command line (lm.cli passes the command line as `args`)."""
+    that it was given both `args` and a command line (lm.cli passes the command line as `args`), and torch's that the
+    LR schedule stepped before the optimizer, which a 16-mixed GradScaler's skipped first steps cause."""
     dropped = ("💡 Tip:", "Received SIGTERM: ", "Detected KeyboardInterrupt")
     for handler in logging.getLogger("lightning.pytorch").handlers:
         handler.addFilter(lambda record: not any(text in record.getMessage() for text in dropped))
@@ -348,6 +349,8 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # lm.cli hands LightningCLI the command line it read (negative numbers joined to their keys): not a mistake.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # fp16: the GradScaler skips the first steps while it finds its scale, and torch then warns the schedule ran ahead.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 def main(args: list[str] | None) -> None:
