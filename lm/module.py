@@ -296,8 +296,8 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss, z_loss = (self.compiled_forward or self.model)(x, y, z_loss=self.hparams.z_loss)
-        if self.logging_step():
-            self.log_step_metrics(self.window_mean(loss), z_loss)
+        if self.logging_step():  # train/loss is the cross-entropy: the loss less its z-loss term
+            self.log_step_metrics(self.window_mean(loss.detach() - z_loss), z_loss)
         return loss
 
     def window_mean(self, loss: torch.Tensor) -> torch.Tensor:
@@ -331,7 +331,6 @@ class LanguageModel(L.LightningModule):
         # is, as in metrics.jsonl and checkpoint names (Lightning's own x would be this step's 0-based index).
         metrics = {"step": step, "train/tokens": self.tokens_seen(step), **self.learning_rates()}
         if self.hparams.z_loss:
-            loss = loss.detach() - z_loss
             self.log("train/z_loss", z_loss)
         self.log("train/loss", loss)
         self.log_dict({name: on_device(value) for name, value in metrics.items()})
