@@ -529,9 +529,9 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
     at = f"commit {next(iter(commits.values()))}" if not mixed and commits else "the commits above"
     lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]
-    plotted = [str(runs / run_name) for run_name in names if (runs / run_name / "metrics.jsonl").is_file()]
+    plotted = [run_name for run_name in names if (runs / run_name / "metrics.jsonl").is_file()]
     if plotted:
-        plot(plotted, out=str(out / "results.png"))
+        plot([str(runs / run_name) for run_name in plotted], out=str(out / "results.png"), labels=plotted)
         lines += ["", "![train loss, val loss, learning rate and throughput against tokens](results.png)"]
     lines += [
         "",

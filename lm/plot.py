@@ -38,12 +38,16 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def plot(runs: list[str], out: str = "plot.png") -> None:
+def plot(runs: list[str], out: str = "plot.png", labels: list[str] | None = None):
     """Plot train loss, val loss, learning rate and throughput against tokens for one or more runs.
 
     Args:
-        runs: Run directories (each holding a metrics.jsonl); the legend shows their names.
+        runs: Run directories (each holding a metrics.jsonl).
         out: Where to write the PNG.
+        labels: The legend's name of each run (default: its directory's name). Runs labelled `<variant>/<seed>`, as
+            an experiment's seeds are, share their variant's colour and legend entry, one line style per seed.
+
+    Returns the (closed) matplotlib figure.
     """
     try:
         import matplotlib
@@ -52,21 +56,34 @@ def plot(runs: list[str], out: str = "plot.png") -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
+    labels = labels or [Path(run).resolve().name for run in runs]
+    variants = list(dict.fromkeys(label.split("/")[0] for label in labels))
+    colours = matplotlib.colormaps["tab10" if len(variants) <= 10 else "tab20"]
+    seeds_drawn = dict.fromkeys(variants, 0)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for run in runs:
+    for run, label in zip(runs, labels):
+        variant = label.split("/")[0]
+        style = {
+            "color": colours(variants.index(variant)),
+            "linestyle": ["-", "--", ":", "-."][seeds_drawn[variant] % 4],
+            "label": variant if seeds_drawn[variant] == 0 else None,
+        }
+        seeds_drawn[variant] += 1
         rows = read_metrics(run)
         for ax, (key, _) in zip(axes.flat, PANELS):
             points = [(row["tokens"], row[key]) for row in rows if key in row]
             if points:
-                ax.plot(*zip(*points), label=Path(run).resolve().name, marker="o" if key == "val/loss" else None)
+                ax.plot(*zip(*points), **style, marker="o" if key == "val/loss" else None)
     for ax, (_, title) in zip(axes.flat, PANELS):
         ax.set(title=title, xlabel="tokens")
         ax.grid(alpha=0.3)
         if ax.has_data():
-            ax.legend()
+            ax.legend(fontsize="small", title="line style: seed" if len(labels) > len(variants) else None)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+    plt.close(fig)
     print(f"wrote {out}")
+    return fig
 
 
 def main(argv: list[str]) -> None:

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from lm.cli import main
-from lm.plot import read_metrics
+from lm.plot import plot, read_metrics
 
 
 def write_run(run_dir, steps=range(10, 101, 10), lr=1e-3) -> str:
@@ -52,3 +52,17 @@ def test_missing_or_broken_metrics_are_one_line_errors(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tokens": 1}\n{broken\n')
     with pytest.raises(SystemExit, match="line 2: not JSON"):
         main(["plot", str(tmp_path)])
+
+
+def test_an_experiments_seeds_share_their_variants_colour_and_legend_entry(tmp_path):
+    """An experiment's runs are `<variant>/seed<k>`: the legend names the variant once, not "seed0" per run."""
+    labels = ["stream/seed0", "stream/seed1", "aligned/seed0", "aligned/seed1"]
+    for label in labels:
+        (tmp_path / label).parent.mkdir(exist_ok=True)
+    runs = [write_run(tmp_path / label) for label in labels]
+    figure = plot(runs, out=str(tmp_path / "plot.png"), labels=labels)
+    val = figure.axes[1]
+    assert [text.get_text() for text in val.get_legend().get_texts()] == ["stream", "aligned"]
+    stream0, stream1, aligned0, _ = val.get_lines()
+    assert stream0.get_color() == stream1.get_color() != aligned0.get_color()
+    assert stream0.get_linestyle() != stream1.get_linestyle()
