@@ -36,8 +36,8 @@ Design choices:
 - Besides a row per run, the report has a row per variant: its best val loss as mean ± standard deviation over
   seeds (a variant with one seed is marked so), and with a `baseline` the tokens each variant needs to reach the
   baseline's final val loss (mean over its seeds), that as a ratio of the baseline's own tokens, and the difference
-  from its reference with Welch's t-test over seeds (lm/statistics.py). Seeds change the initialisation only
-  (`--seed_everything`); the data order is the config's `data.seed`.
+  from its reference with Welch's t-test and the paired t-test over seeds (lm/statistics.py). Seeds change the
+  initialisation only (`--seed_everything`); the data order is the config's `data.seed`.
 """
 
 import itertools
@@ -56,7 +56,7 @@ from lm.errors import UserError
 from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
 from lm.plot import plot, read_metrics
 from lm.provenance import git_state
-from lm.statistics import mean_and_spread, tokens_to_target, welch_p_value
+from lm.statistics import mean_and_spread, paired_p_value, tokens_to_target, welch_p_value
 
 EXPERIMENTS = Path("experiments")
 KEYS = {
@@ -342,34 +342,34 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
 def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
     """Report lines: a row per variant over its finished seeds (mean ± standard deviation of the best val loss), the
     tokens to reach the baseline's final val loss, and the difference from the variant's reference with Welch's
-    t-test (lm/statistics.py)."""
-    finished = {}  # variant -> [(run name, best val loss)]
-    for run_name, variant, _ in runs_of(spec):
+    t-test and the paired t-test over common seeds (lm/statistics.py)."""
+    finished = {}  # variant -> [(run name, seed, best val loss)]
+    for run_name, variant, seed in runs_of(spec):
         summary = ran.get(run_name)
         if summary and summary["finished"] and summary.get("best_val"):
-            finished.setdefault(variant, []).append((run_name, summary["best_val"]["val/loss"]))
+            finished.setdefault(variant, []).append((run_name, seed, summary["best_val"]["val/loss"]))
     if not finished:
         return []
     baseline, compare = spec.get("baseline"), spec.get("compare", {})
     target = None
     if baseline in finished:
-        target = mean_and_spread([final_val_loss(runs / run_name) for run_name, _ in finished[baseline]])[0]
+        target = mean_and_spread([final_val_loss(runs / run_name) for run_name, _, _ in finished[baseline]])[0]
     reached = {}  # variant -> tokens to target of each seed (None: never reached it)
     for variant, results in finished.items():
         if variant == baseline:  # the target is where the baseline ends: its budget
-            reached[variant] = [ran[run_name]["tokens_seen"] for run_name, _ in results]
+            reached[variant] = [ran[run_name]["tokens_seen"] for run_name, _, _ in results]
         elif target is not None:
-            reached[variant] = [tokens_to_target(val_curve(runs / run_name), target) for run_name, _ in results]
+            reached[variant] = [tokens_to_target(val_curve(runs / run_name), target) for run_name, _, _ in results]
     header = ["variant", "seeds", "best val loss (mean ± sd)", "per seed"]
     if target is not None:
         header += [f"tokens to {target:.4f}", "× fewer tokens than the baseline"]
-    header += ["Δ vs reference (p, Welch)"]
+    header += ["Δ vs reference (p: Welch; paired)"]
     rows = []
     for variant in spec["variants"]:
         if variant not in finished:
             rows.append([variant, "0", "not run", *["-"] * (len(header) - 3)])
             continue
-        losses = [loss for _, loss in finished[variant]]
+        losses = [loss for _, _, loss in finished[variant]]
         mean, spread = mean_and_spread(losses)
         row = [variant, f"{len(losses)}" + (" (one seed: no spread)" if spread is None else "")]
         row += [
@@ -385,20 +385,22 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
                 row += [f"not reached ({len(tokens)} of {len(reached[variant])} seeds did)", "-"]
         reference = compare.get(variant, baseline)
         if reference in finished and reference != variant:
-            other = [loss for _, loss in finished[reference]]
+            other = [loss for _, _, loss in finished[reference]]
             p_value = welch_p_value(losses, other)
+            paired = paired_p_value(*({seed: loss for _, seed, loss in finished[v]} for v in (variant, reference)))
             difference = mean - mean_and_spread(other)[0]
-            row += [
-                f"{difference:+.4f} vs {reference} (p = {p_value:.3f})"
-                if p_value is not None
-                else f"{difference:+.4f} vs {reference} (no test: one seed)"
-            ]
+            tests = "no test: one seed"
+            if p_value is not None:
+                tests = f"p = {p_value:.3f}; " + (f"{paired:.3f}" if paired is not None else "-")
+            row += [f"{difference:+.4f} vs {reference} ({tests})"]
         else:
             row += ["-"]
         rows.append(row)
     lines = ["## Over seeds", "", markdown_table(header, rows), ""]
     notes = "sd: sample standard deviation over the variant's finished seeds. Δ: difference of mean best val loss from"
-    notes += " the reference (the baseline unless `compare` names another); p: two-sided Welch's t-test over seeds."
+    notes += " the reference (the baseline unless `compare` names another); p: two-sided Welch's t-test over seeds;"
+    notes += " then the two-sided paired t-test over the seeds both ran (seed k: the same initial weights where the"
+    notes += " shapes agree, the same data order always)."
     if target is not None:
         notes += (
             f" Target: {baseline}'s final val loss (mean over its seeds); tokens to target: the first validation at or "

@@ -225,15 +225,16 @@ def test_a_report_over_seeds_gives_mean_spread_tokens_to_target_and_welch_test(t
     experiment.report("seeded")
     report = (folder / "results.md").read_text()
     p_value = experiment.welch_p_value([2.9, 3.0], [4.0, 4.2])
+    paired = experiment.paired_p_value({0: 2.9, 1: 3.0}, {0: 4.0, 1: 4.2})
     assert f"| base | 2 | 4.1000 ± {0.2 / 2**0.5:.4f} | 4.0000, 4.2000 | 300 | 1.00× | - |" in report
     assert (
         f"| fast | 2 | 2.9500 ± {0.1 / 2**0.5:.4f} | 2.9000, 3.0000 | 150 | 2.00× "
-        f"| -1.1500 vs base (p = {p_value:.3f}) |" in report
+        f"| -1.1500 vs base (p = {p_value:.3f}; {paired:.3f}) |" in report
     )
     solo = "| solo | 1 (one seed: no spread) | 4.4000 | 4.4000 | not reached (0 of 1 seeds did) | - |"
     assert solo + " +1.4500 vs fast (no test: one seed) |" in report
     assert "| solo/seed1 | not run |" in report
-    assert "tokens to 4.1000" in report and "Welch" in report
+    assert "tokens to 4.1000" in report and "Welch" in report and "paired t-test" in report
     assert set(json.loads((folder / "results.json").read_text())["variants"]) == {
         "base/seed0",
         "base/seed1",

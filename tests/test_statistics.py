@@ -1,10 +1,10 @@
-"""The report's statistics against hand computations and scipy's own definition of Welch's test."""
+"""The report's statistics against hand computations and scipy's own definitions of the two t-tests."""
 
 import math
 
 import pytest
 
-from lm.statistics import mean_and_spread, tokens_to_target, welch_p_value
+from lm.statistics import mean_and_spread, paired_p_value, tokens_to_target, welch_p_value
 
 
 def test_mean_and_sample_standard_deviation():
@@ -32,3 +32,19 @@ def test_welch_p_value_by_hand():
     assert welch_p_value(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
     assert welch_p_value([5.0], b) is None  # one seed: nothing to test
     assert welch_p_value([1.0, 1.0], [1.0, 1.0]) is None  # no spread at all: undefined, not a number
+
+
+def test_paired_p_value_by_hand_over_the_common_seeds():
+    """Seed 1 lies above seed 0 in both variants by far more than they differ: Welch sees only the spread, the
+    paired test the consistent per-seed difference."""
+    a, b = {0: 5.10, 1: 5.06, 2: 5.08, 7: 9.99}, {0: 5.08, 1: 5.05, 2: 5.05}  # seed 7: only in a, left out
+    differences = [0.02, 0.01, 0.03]
+    mean = sum(differences) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    from scipy import stats
+
+    p = paired_p_value(a, b)
+    assert p == pytest.approx(2 * stats.t.sf(mean / (sd / math.sqrt(3)), 2))
+    assert p < 0.1 < welch_p_value([5.10, 5.06, 5.08], [5.08, 5.05, 5.05])
+    assert paired_p_value({0: 5.0}, {0: 4.0, 1: 4.1}) is None  # one common seed
+    assert paired_p_value({0: 5.0, 1: 6.0}, {0: 4.0, 1: 5.0}) is None  # the same difference twice: undefined
