@@ -464,10 +464,12 @@ def scaling_section(spec: dict, runs: Path, ran: dict[str, dict], out: Path) -> 
             f"- **IsoFLOP** (parabola per budget): N* = {iso.params_coefficient:.3g} · C^({a:.3f} ± {a_se:.3f}), "
             f"D* = {iso.tokens_coefficient:.3g} · C^({b:.3f} ± {b_se:.3f}) (± standard error of the slope)",
         ]
+        lines += [f"  - ⚠ {warning}" for warning in scaling.isoflop_warnings(iso)]
         for flops in spec["scaling"].get("predict", []):
             n, d = iso.optimal(float(flops))
             lines += [
                 f"  - for C = {float(flops):.3g} FLOPs: N* ≈ {n:,.0f} non-embedding parameters, D* ≈ {d:,.0f} tokens"
+                + (" (from unbracketed optima: not a measurement)" if iso.unbracketed else "")
             ]
     if len(used) >= 5:
         fit = scaling.fit_parametric(used, bootstrap=spec["scaling"].get("bootstrap", 100))
@@ -477,6 +479,7 @@ def scaling_section(spec: dict, runs: Path, ran: dict[str, dict], out: Path) -> 
             f"{interval('A')}, B = {fit.B:.3g} {interval('B')}, α = {fit.alpha:.3f} {interval('alpha')}, "
             f"β = {fit.beta:.3f} {interval('beta')} (95% bootstrap intervals)"
         ]
+        lines += [f"  - ⚠ {warning}" for warning in scaling.parametric_warnings(fit, used)]
     scaling.plot_ladder(used, iso, out / "scaling.png")
     return [*lines, "", "![IsoFLOP curves and the compute-optimal frontier](scaling.png)", ""]
 

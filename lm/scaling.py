@@ -10,13 +10,18 @@ Two fits, each with its own use (Hoffmann et al. 2022, "Training Compute-Optimal
   the known pitfalls of that fit avoided: a Huber loss on log L, *summed* over points (a mean scales the objective
   down until L-BFGS's tolerance stops it early), L-BFGS-B from a grid of initial points with the best kept, and
   bootstrap intervals (refits on points resampled with replacement).
+A fit always returns numbers; the warnings say when they are not a measurement: sizes or tokens spanning too
+little, a budget whose lowest loss is at its smallest or largest size, or whose parabola's minimum lies outside
+its sizes (not bracketed: N* is extrapolated from the parabola's curvature), and a degenerate parametric fit (an
+exponent above 2, where a term acts as a step the points cannot constrain, or an irreducible loss E near 0, where
+the points never flatten). A ladder too small for its models — every budget best at its smallest size, as on a
+CPU — gets all of them.
 N is the non-embedding parameter count (the embedding tables do no matmul and dominate a small model's count) and C
 the FLOPs the runs spent by the model's own count (GPT.flops_per_token × tokens), so D is tokens.
 """
 
 import itertools
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +29,8 @@ from scipy import optimize, special, stats
 
 HUBER_DELTA = 1e-3  # as in Hoffmann et al.: nearly an L1 loss on log L, robust to an outlying run
 MIN_SPAN = 4.0  # a ladder's sizes (and token counts) should span at least this factor to separate the exponents
+MAX_EXPONENT = 2.0  # fitted α or β above this: the term is a step, not a law (published fits are 0.1-0.8)
+MIN_E_SHARE = 0.01  # E below this share of the lowest loss: the fit found no irreducible loss
 
 
 @dataclass
@@ -45,6 +52,9 @@ class IsoFlopFit:
     params_coefficient: float  # k
     tokens_coefficient: float  # k'
     parabolas: dict[float, tuple[np.ndarray, np.ndarray]]  # budget -> (coefficients in log N, in log D)
+    unbracketed: dict[float, tuple[float, float]]  # budget -> (smallest, largest size run) where the lowest loss is at
+    # one of them or N* outside them: the optimum is not between two sizes that were run
+    not_convex: list[float]  # budgets whose parabola opens downward: no optimum, left out of the power laws
 
     def optimal(self, flops: float) -> tuple[float, float]:
         """(N*, D*) the power laws give for a budget of `flops`."""
@@ -85,7 +95,7 @@ def span_warnings(points: list[Point]) -> list[str]:
 
 def fit_isoflop(points: list[Point]) -> IsoFlopFit:
     """Parabolas of loss in log N and in log D per budget (3+ sizes), then power laws through their minima."""
-    optima, parabolas = {}, {}
+    optima, parabolas, unbracketed, not_convex = {}, {}, {}, []
     for budget in sorted({p.budget for p in points}):
         group = [p for p in points if p.budget == budget]
         if len({p.params for p in group}) < 3:
@@ -94,11 +104,15 @@ def fit_isoflop(points: list[Point]) -> IsoFlopFit:
         by_params = np.polyfit(np.log([p.params for p in group]), loss, 2)
         by_tokens = np.polyfit(np.log([p.tokens for p in group]), loss, 2)
         if by_params[0] <= 0 or by_tokens[0] <= 0:
-            warnings.warn(f"budget {budget:.3g}: the loss is not convex in size, no optimum to fit", stacklevel=2)
+            not_convex.append(budget)
             continue
         vertex = lambda c: math.exp(-c[1] / (2 * c[0]))
         optima[budget] = (vertex(by_params), vertex(by_tokens))
         parabolas[budget] = (by_params, by_tokens)
+        sizes = min(p.params for p in group), max(p.params for p in group)
+        lowest = min(group, key=lambda p: p.loss).params
+        if lowest in sizes or not sizes[0] <= optima[budget][0] <= sizes[1]:
+            unbracketed[budget] = sizes
     if len(optima) < 2:
         raise ValueError("an IsoFLOP fit needs at least 2 budgets with 3 or more sizes each")
     log_c = np.log(list(optima))
@@ -111,7 +125,34 @@ def fit_isoflop(points: list[Point]) -> IsoFlopFit:
         params_coefficient=math.exp(by_n.intercept),
         tokens_coefficient=math.exp(by_d.intercept),
         parabolas=parabolas,
+        unbracketed=unbracketed,
+        not_convex=not_convex,
     )
+
+
+def isoflop_warnings(fit: IsoFlopFit) -> list[str]:
+    """A line per budget with no optimum, and per budget whose optimum is not bracketed: approach 2 needs the lowest
+    loss at a size between two others that were run, and the parabola's minimum among the sizes."""
+    found = [f"budget {budget:.3g}: the loss is not convex in log N, no optimum (unused)" for budget in fit.not_convex]
+    for budget, (low, high) in fit.unbracketed.items():
+        size = fit.optima[budget][0]
+        found.append(
+            f"budget {budget:.3g}: not bracketed by the sizes run ({low:,.0f}–{high:,.0f}), N* = {size:,.0f} is "
+            f"extrapolated — add {'smaller' if size < math.sqrt(low * high) else 'larger'} sizes"
+        )
+    return found
+
+
+def parametric_warnings(fit: ParametricFit, points: list[Point]) -> list[str]:
+    """Why the parametric constants may be a degenerate fit rather than a law (empty when they look like one)."""
+    found = [
+        f"{name} = {value:.3g} > {MAX_EXPONENT:.0f}: its term acts as a step the points cannot constrain (degenerate)"
+        for name, value in (("α", fit.alpha), ("β", fit.beta))
+        if value > MAX_EXPONENT
+    ]
+    if fit.E < MIN_E_SHARE * min(p.loss for p in points):
+        found.append(f"E = {fit.E:.3g} ≈ 0: the losses never flatten here, so no irreducible loss can be read off")
+    return found
 
 
 def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray):

@@ -88,3 +88,30 @@ def test_the_objective_gradient_equals_finite_differences():
         optimize.check_grad(value, lambda t: _objective(t, *data)[1], theta)
         < 1e-6 * np.abs(_objective(theta, *data)[1]).max() + 1e-8
     )
+
+
+def test_a_ladder_of_sizes_all_above_the_optimum_is_warned_as_unbracketed_and_degenerate():
+    """On a CPU every budget was best at its smallest size: the fits still return numbers, the report must say
+    they are extrapolations. Sizes 4-64× the law's optimum: the loss rises with size at every budget."""
+    from lm.scaling import isoflop_warnings, parametric_warnings
+
+    assert isoflop_warnings(fit_isoflop(ladder())) == []  # bracketed: no warning
+    too_big = []
+    for c in (1e17, 1e18, 1e19):
+        for n in optimal_size(c) * np.geomspace(4, 64, 4):
+            too_big.append(Point(budget=c, params=n, tokens=c / (6 * n), loss=law(n, c / (6 * n))))
+    fit = fit_isoflop(too_big)
+    assert set(fit.unbracketed) == {1e17, 1e18, 1e19}
+    warnings = isoflop_warnings(fit)
+    assert len(warnings) == 3 and all("not bracketed" in w and "add smaller sizes" in w for w in warnings)
+    rising = [Point(5e16, n, 5e16 / (6 * n), loss) for n, loss in ((1e6, 3.0), (2e6, 3.01), (4e6, 3.1), (8e6, 3.4))]
+    assert fit_isoflop(rising + ladder()).unbracketed.keys() == {5e16}  # lowest at the smallest size, vertex or not
+    good = fit_parametric(ladder(), bootstrap=0)
+    assert parametric_warnings(good, ladder()) == []
+    concave = [Point(1e16, n, 1e16 / (6 * n), loss) for n, loss in ((1e6, 3.0), (2e6, 3.2), (4e6, 3.1))]
+    assert fit_isoflop(concave + too_big).not_convex == [1e16]
+    assert "budget 1e+16: the loss is not convex in log N" in isoflop_warnings(fit_isoflop(concave + too_big))[0]
+    degenerate = fit_parametric(ladder(), bootstrap=0)
+    degenerate.alpha, degenerate.E = 9.9, 1e-30  # what scaling-demo's CPU ladder fitted
+    messages = parametric_warnings(degenerate, ladder())
+    assert any("α = 9.9 > 2" in m for m in messages) and any("E = 1e-30 ≈ 0" in m for m in messages)
