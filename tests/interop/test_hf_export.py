@@ -24,6 +24,14 @@ def exported(tmp_path, block: str, **overrides) -> tuple[GPT, "transformers.PreT
     return model, transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
 
 
+def assert_same_greedy_tokens(model: GPT, hf_model) -> None:
+    """Our KV-cache generation and transformers' generate agree token for token from a 4-token prompt."""
+    prompt = IDS[:, :4]
+    ours = torch.stack(list(model.generate(prompt, 12, temperature=0)), dim=1)
+    theirs = hf_model.generate(prompt, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert torch.equal(ours, theirs[:, 4:])
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_export_loads_in_transformers(tmp_path, block, tied):
     model, hf_model = exported(tmp_path, block, tie_embeddings=tied, vocab_size=1000)
@@ -40,11 +48,7 @@ def test_qk_norm_exports_as_qwen3(tmp_path, tied):
     assert type(hf_model).__name__ == "Qwen3ForCausalLM"
     with torch.no_grad():
         assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
-    ours = torch.stack(list(model.generate(IDS[:, :4], 12, temperature=0)), dim=1)
-    theirs = hf_model.generate(
-        IDS[:, :4], max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(IDS[:, :4])
-    )
-    assert torch.equal(ours, theirs[:, 4:])
+    assert_same_greedy_tokens(model, hf_model)
 
 
 WINDOWED = {
@@ -82,11 +86,7 @@ def test_grouped_query_attention_exports_exactly_and_imports_back(tmp_path, arch
     assert hf_model.model.layers[0].self_attn.k_proj.weight.shape == (16, 32)
     with torch.no_grad():
         assert (hf_logits(hf_model, IDS) - model(IDS)).abs().max() <= 1e-4
-    ours = torch.stack(list(model.generate(IDS[:, :4], 12, temperature=0)), dim=1)
-    theirs = hf_model.generate(
-        IDS[:, :4], max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(IDS[:, :4])
-    )
-    assert torch.equal(ours, theirs[:, 4:])
+    assert_same_greedy_tokens(model, hf_model)
     if architecture != "MinistralForCausalLM":  # lm imports GPT-2, Llama and Qwen3
         config, state = hf.load_hf_dir(tmp_path / "hf")
         assert config.n_kv_head == 2 and config.qk_norm == model.config.qk_norm
@@ -142,10 +142,7 @@ def test_the_export_command_refuses_it_in_one_line(tmp_path):
 
 def test_greedy_generation_matches_transformers(tmp_path, block):
     model, hf_model = exported(tmp_path, block, vocab_size=1000)
-    prompt = IDS[:, :4]
-    ours = torch.stack(list(model.generate(prompt, 12, temperature=0)), dim=1)
-    theirs = hf_model.generate(prompt, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(prompt))
-    assert torch.equal(ours, theirs[:, 4:])
+    assert_same_greedy_tokens(model, hf_model)
 
 
 def test_export_ships_the_gpt2_tokenizer(tmp_path):
