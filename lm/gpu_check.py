@@ -155,6 +155,7 @@ CASES = [
     Case("sliding window SSSL 512, default backend", SSSL),
     Case("document + sliding window SSSL 512, flex", {**DOCUMENT, **SSSL, **FLEX}, FLEX_CPU),
     Case("muon newton_schulz", MUON),
+    Case("muon newton_schulz float32", {**MUON, "model.optim.muon.orthogonalization_dtype": "float32"}),
     Case("muon polar_express", {**MUON, "model.optim.muon.orthogonalization": "polar_express"}),
     Case("muon normuon", {**MUON, "model.optim.muon.normuon": True}),
     Case("muon cautious weight decay", {**MUON, "model.optim.muon.cautious_weight_decay": True}),

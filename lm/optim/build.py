@@ -83,5 +83,6 @@ def build_optimizer(model: GPT, optim: OptimConfig, fused: bool = True) -> torch
             normuon=m.normuon,
             cautious_weight_decay=m.cautious_weight_decay,
             lr_scaling=m.lr_scaling,
+            orthogonalization_dtype=getattr(torch, m.orthogonalization_dtype),
         )
     return MuonAdamW(muon, adamw)

@@ -57,6 +57,10 @@ class MuonConfig:
         lr_scaling: The rate each matrix gets from `lr`: "original" lr · √max(1, rows / cols) (Jordan et al.);
             "match_rms_adamw" lr · 0.2 · √max(rows, cols) (Liu et al. 2025, Moonlight: the update's RMS is AdamW's,
             so one rate serves both and every width).
+        orthogonalization_dtype: The dtype the orthogonalization runs in: "bfloat16" (torch.optim.Muon's, the
+            papers'; fast on GPUs) or "float32", for CPUs without bfloat16 matrix units, where bfloat16 matmuls are
+            emulated (13× slower at width 320 here: docs/performance.md). float32 is closer to the exact polar
+            factor by bfloat16's rounding only; the iteration and its coefficients are the same.
         split_fused: Treat the fused Q, K, V (attn.c_attn) and SwiGLU gate and up (mlp.c_fc) as the separate
             matrices they are: their update is orthogonalized, normalized and scaled per part. Weights and
             checkpoints keep the fused layout. The recipes turn it on; false is lm's behaviour before the key.
@@ -69,12 +73,15 @@ class MuonConfig:
     normuon: bool = False
     cautious_weight_decay: bool = False
     lr_scaling: Literal["original", "match_rms_adamw"] = "original"
+    orthogonalization_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     split_fused: bool = False
 
     def is_torch_muon(self) -> bool:
         """Whether torch.optim.Muon runs these settings itself (lm's own Muon step is needed for the rest)."""
-        return self.orthogonalization == "newton_schulz" and not (
-            self.normuon or self.cautious_weight_decay or self.split_fused
+        return (
+            self.orthogonalization == "newton_schulz"
+            and self.orthogonalization_dtype == "bfloat16"
+            and not (self.normuon or self.cautious_weight_decay or self.split_fused)
         )
 
 

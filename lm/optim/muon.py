@@ -3,13 +3,14 @@ orthogonalization per projection of a fused matrix.
 
 torch's Muon runs the plain settings (lm.optim.build picks it then); this step runs the others. With every variant
 off it is torch's step, operation for operation (tests/optim/test_muon.py checks the weights bit for bit): the
-Newton-Schulz iteration and the rate scaling are torch's own functions.
+Newton-Schulz iteration and the rate scaling are torch's own functions. torch orthogonalizes in bfloat16 only; the
+float32 iteration here is for CPUs without bfloat16 matrix units (13× faster at width 320: docs/performance.md).
 
 Per matrix W (rows × cols) with gradient G, momentum buffer B, rate η and decay λ:
 
     B ← μ B + (1 − μ) G;  U = (1 − μ) G + μ B                     (Nesterov, torch's lerp form)
     for each part U_i of U (a block of rows: Q, K, V of c_attn, gate and up of c_fc; U itself unless split):
-        O_i = orth(U_i)                                         newton_schulz | polar_express
+        O_i = orth(U_i)                                         newton_schulz | polar_express, bfloat16 | float32
         O_i ← NorMuon(O_i)                                      if normuon
         W_i ← W_i − η λ W_i [⊙ 1(O_i ⊙ W_i > 0) if cautious]
         W_i ← W_i − scale(η, shape of U_i) O_i                  original | match_rms_adamw
@@ -38,27 +39,36 @@ NORMUON_BETA2 = 0.95  # NorMuon's second-moment decay (the paper's and its refer
 NORMUON_EPS = 1e-10
 
 
-def polar_express(update: torch.Tensor) -> torch.Tensor:
-    """The orthogonal polar factor of `update`, approximately: Polar Express in bfloat16, as Newton-Schulz is run.
+def odd_quintic_iteration(
+    update: torch.Tensor, polynomials: tuple[tuple[float, float, float], ...], dtype: torch.dtype, margin: float
+) -> torch.Tensor:
+    """The orthogonal polar factor of `update`, approximately, by iterating odd quintics on its singular values.
 
-    The input is scaled to spectral norm < 1 by its Frobenius norm (× 1.01, the paper's margin), then each
-    iteration applies its own polynomial to every singular value: X ← a X + (b A + c A²) X with A = X Xᵀ. Same cost
-    as Newton-Schulz: 5 iterations of 3 matrix products on the short side."""
-    x = update.bfloat16()
+    The input is scaled to spectral norm < 1 by its Frobenius norm (× `margin`), then iteration i applies
+    its polynomial a x + b x³ + c x⁵ to every singular value: X ← a X + (b A + c A²) X with A = X Xᵀ, on the short
+    side (3 matrix products an iteration)."""
+    x = update.to(dtype)
     tall = update.size(0) > update.size(1)
     if tall:
         x = x.T
-    x = x / (x.norm() * POLAR_EXPRESS_SAFETY + 1e-7)
-    for a, b, c in POLAR_EXPRESS:
+    x = x / (x.norm() * margin + EPS)
+    for a, b, c in polynomials:
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
 
 
-def orthogonalize(update: torch.Tensor, method: str) -> torch.Tensor:
+NEWTON_SCHULZ = ((DEFAULT_A, DEFAULT_B, DEFAULT_C),) * DEFAULT_NS_STEPS
+
+
+def orthogonalize(update: torch.Tensor, method: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Newton-Schulz (Jordan et al. 2024: one quintic, 5 times) or Polar Express (Amsel et al. 2025: 5 quintics,
+    the 1.01 margin), in `dtype`. Newton-Schulz in bfloat16 is torch.optim.Muon's own function."""
     if method == "polar_express":
-        return polar_express(update)
-    return newton_schulz(update, (DEFAULT_A, DEFAULT_B, DEFAULT_C), DEFAULT_NS_STEPS, EPS)
+        return odd_quintic_iteration(update, POLAR_EXPRESS, dtype, margin=POLAR_EXPRESS_SAFETY)
+    if dtype == torch.bfloat16:
+        return newton_schulz(update, (DEFAULT_A, DEFAULT_B, DEFAULT_C), DEFAULT_NS_STEPS, EPS)
+    return odd_quintic_iteration(update, NEWTON_SCHULZ, dtype, margin=1.0)
 
 
 def normuon(update: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
@@ -88,6 +98,7 @@ class Muon(torch.optim.Optimizer):
         normuon: bool = False,
         cautious_weight_decay: bool = False,
         lr_scaling: str = "original",
+        orthogonalization_dtype: torch.dtype = torch.bfloat16,
     ):
         defaults = dict(
             lr=lr,
@@ -97,9 +108,16 @@ class Muon(torch.optim.Optimizer):
             normuon=normuon,
             cautious_weight_decay=cautious_weight_decay,
             lr_scaling=lr_scaling,
+            orthogonalization_dtype=orthogonalization_dtype,
             split=None,
         )
         super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        """Groups of optimizer states saved before `orthogonalization_dtype` existed ran in bfloat16."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("orthogonalization_dtype", torch.bfloat16)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -125,7 +143,7 @@ class Muon(torch.optim.Optimizer):
         rows = row_blocks(group["split"], p.size(0))
         moments = state["second_moment"].split(rows) if group["normuon"] else [None] * len(rows)
         for weight, part, moment in zip(p.split(rows), update.split(rows), moments):
-            direction = orthogonalize(part, group["orthogonalization"])
+            direction = orthogonalize(part, group["orthogonalization"], group["orthogonalization_dtype"])
             if moment is not None:
                 direction = normuon(direction, moment)
             if group["cautious_weight_decay"]:

@@ -4,7 +4,7 @@ projection, NorMuon and cautious weight decay."""
 import pytest
 import torch
 
-from lm.optim.muon import POLAR_EXPRESS, Muon, normuon, orthogonalize, row_blocks
+from lm.optim.muon import NEWTON_SCHULZ, POLAR_EXPRESS, Muon, normuon, orthogonalize, row_blocks
 
 # Amsel et al. 2025, Algorithm 1 (arXiv:2505.16932): the first five polynomials, and the safety factor 1.01.
 PAPER_POLAR_EXPRESS = [
@@ -29,15 +29,19 @@ def test_polar_express_coefficients_are_the_papers():
     assert POLAR_EXPRESS == tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in PAPER_POLAR_EXPRESS)
 
 
-def papers_polar_express(g: torch.Tensor) -> torch.Tensor:
-    """Algorithm 1 of the paper, in float64."""
+def float64_iteration(g: torch.Tensor, polynomials, margin: float) -> torch.Tensor:
+    """X ← aX + (bA + cA²)X, A = XXᵀ, per polynomial, in float64, after X = G / (margin ‖G‖_F + 1e-7)."""
     x = g.double().T if g.size(0) > g.size(1) else g.double()
-    x = x / (x.norm() * 1.01 + 1e-7)
-    for a, b, c in PAPER_POLAR_EXPRESS:
-        a, b, c = a / 1.01, b / 1.01**3, c / 1.01**5
+    x = x / (x.norm() * margin + 1e-7)
+    for a, b, c in polynomials:
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.T if g.size(0) > g.size(1) else x
+
+
+def papers_polar_express(g: torch.Tensor) -> torch.Tensor:
+    """Algorithm 1 of the paper, in float64."""
+    return float64_iteration(g, [(a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in PAPER_POLAR_EXPRESS], 1.01)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -50,6 +54,40 @@ def test_polar_express_is_closer_to_the_polar_factor_than_newton_schulz(shape):
     assert error(polar_express) < 0.13 and error(polar_express) < 0.6 * error(newton_schulz)  # measured 0.09 vs 0.2
     papers = papers_polar_express(g)
     assert ((polar_express.double() - papers).norm() / papers.norm()).item() < 0.02  # bfloat16 against float64
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express"])
+@pytest.mark.parametrize("shape", [(384, 128), (128, 512), (768, 256)], ids=str)
+def test_float32_orthogonalization_is_the_same_iteration_without_bfloat16s_rounding(method, shape):
+    """The float32 option (for CPUs without bfloat16 matmuls) computes the iteration the bfloat16 one approximates."""
+    torch.manual_seed(0)
+    g = torch.randn(shape)
+    reference = float64_iteration(g, *((NEWTON_SCHULZ, 1.0) if method == "newton_schulz" else (POLAR_EXPRESS, 1.01)))
+    distance = lambda o: ((o.double() - reference).norm() / reference.norm()).item()
+    float32, bfloat16 = orthogonalize(g, method, torch.float32), orthogonalize(g, method, torch.bfloat16)
+    assert float32.dtype == torch.float32 and bfloat16.dtype == torch.bfloat16
+    assert distance(float32) < 1e-5 and distance(bfloat16) > 1e-3  # measured ~1e-7 vs ~1e-2
+
+
+def test_a_float32_step_is_the_bfloat16_step_up_to_rounding():
+    torch.manual_seed(0)
+    w, g = torch.randn(96, 32), torch.randn(96, 32)
+    in_bfloat16, in_float32 = w.clone(), w.clone()
+    settings = dict(lr=0.02, momentum=0.95, weight_decay=0.1)
+    steps(Muon([in_bfloat16], **settings), [in_bfloat16], [[g]])
+    steps(Muon([in_float32], orthogonalization_dtype=torch.float32, **settings), [in_float32], [[g]])
+    step = in_bfloat16 - w
+    assert not torch.equal(in_float32, in_bfloat16)
+    assert ((in_float32 - w - step).norm() / step.norm()).item() < 0.02
+
+
+def test_an_optimizer_state_saved_before_the_dtype_key_resumes_in_bfloat16():
+    w = torch.randn(8, 4)
+    saved = Muon([w], lr=0.02, momentum=0.95, weight_decay=0.0).state_dict()
+    del saved["param_groups"][0]["orthogonalization_dtype"]
+    resumed = Muon([w], lr=0.02, momentum=0.95, weight_decay=0.0, orthogonalization_dtype=torch.float32)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["orthogonalization_dtype"] == torch.bfloat16
 
 
 def steps(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor]]) -> None:
