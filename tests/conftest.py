@@ -22,7 +22,6 @@ MUON_VARIANTS = {
     "model.optim.muon.cautious_weight_decay": True,
     "model.optim.muon.lr_scaling": "match_rms_adamw",
     "model.optim.muon.split_fused": True,
-    "model.optim.muon.orthogonalization_dtype": "float32",
     "model.optim.adamw.cautious_weight_decay": True,
 }
 

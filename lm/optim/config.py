@@ -59,8 +59,8 @@ class MuonConfig:
             so one rate serves both and every width).
         orthogonalization_dtype: The dtype the orthogonalization runs in: "bfloat16" (torch.optim.Muon's, the
             papers'; fast on GPUs) or "float32", for CPUs without bfloat16 matrix units, where bfloat16 matmuls are
-            emulated (13× slower at width 320 here: docs/performance.md). float32 is closer to the exact polar
-            factor by bfloat16's rounding only; the iteration and its coefficients are the same.
+            emulated (a width-256 Muon step 54× slower here: docs/performance.md). The two differ by bfloat16's
+            rounding only; the iteration and its coefficients are the same.
         split_fused: Treat the fused Q, K, V (attn.c_attn) and SwiGLU gate and up (mlp.c_fc) as the separate
             matrices they are: their update is orthogonalized, normalized and scaled per part. Weights and
             checkpoints keep the fused layout. The recipes turn it on; false is lm's behaviour before the key.

@@ -20,6 +20,7 @@ import torch
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, _adjust_lr
 from torch.optim._muon import _zeropower_via_newtonschulz as newton_schulz
 
+NEWTON_SCHULZ = ((DEFAULT_A, DEFAULT_B, DEFAULT_C),) * DEFAULT_NS_STEPS  # Jordan et al. 2024: one quintic, 5 times
 # Amsel et al. 2025, "The Polar Express: Optimal Matrix Sign Methods and Their Application to the Muon Algorithm",
 # Algorithm 1: the degree-5 polynomial a x + b x³ + c x⁵ of each iteration (minimax-optimal on [1e-3, 1]), divided
 # by the safety factor 1.01 (x ↦ p(x / 1.01)) for bfloat16 rounding. Muon runs the first five.
@@ -56,9 +57,6 @@ def odd_quintic_iteration(
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
-
-
-NEWTON_SCHULZ = ((DEFAULT_A, DEFAULT_B, DEFAULT_C),) * DEFAULT_NS_STEPS
 
 
 def orthogonalize(update: torch.Tensor, method: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

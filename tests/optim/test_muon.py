@@ -66,10 +66,11 @@ def test_float32_orthogonalization_is_the_same_iteration_without_bfloat16s_round
     distance = lambda o: ((o.double() - reference).norm() / reference.norm()).item()
     float32, bfloat16 = orthogonalize(g, method, torch.float32), orthogonalize(g, method, torch.bfloat16)
     assert float32.dtype == torch.float32 and bfloat16.dtype == torch.bfloat16
-    assert distance(float32) < 1e-5 and distance(bfloat16) > 1e-3  # measured ~1e-7 vs ~1e-2
+    assert distance(float32) < 1e-4 and distance(bfloat16) > 1e-3  # measured 2e-6–4e-6 vs ~1e-2
 
 
 def test_a_float32_step_is_the_bfloat16_step_up_to_rounding():
+    """The same optimizer step, not another one: only bfloat16's rounding apart."""
     torch.manual_seed(0)
     w, g = torch.randn(96, 32), torch.randn(96, 32)
     in_bfloat16, in_float32 = w.clone(), w.clone()
@@ -78,7 +79,7 @@ def test_a_float32_step_is_the_bfloat16_step_up_to_rounding():
     steps(Muon([in_float32], orthogonalization_dtype=torch.float32, **settings), [in_float32], [[g]])
     step = in_bfloat16 - w
     assert not torch.equal(in_float32, in_bfloat16)
-    assert ((in_float32 - w - step).norm() / step.norm()).item() < 0.02
+    assert ((in_float32 - w - step).norm() / step.norm()).item() < 0.05  # measured 0.015
 
 
 def test_an_optimizer_state_saved_before_the_dtype_key_resumes_in_bfloat16():
