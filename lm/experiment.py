@@ -55,7 +55,7 @@ from lm import scaling
 from lm.errors import UserError
 from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
 from lm.plot import plot, read_metrics
-from lm.provenance import git_state
+from lm.provenance import code_version, git_state
 from lm.statistics import mean_and_spread, paired_p_value, tokens_to_target, welch_p_value
 
 EXPERIMENTS = Path("experiments")
@@ -505,10 +505,11 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     summaries = {run_name: read_json(runs / run_name / "run_summary.json") for run_name in names}
     ran = {run_name: summary for run_name, summary in summaries.items() if summary}
     commits = {variant: commit(summary) for variant, summary in ran.items()}
-    mixed = len(set(commits.values())) > 1 or any(summary.get("git_dirty") is not False for summary in ran.values())
+    code = {variant: code_version(summary.get("git_commit")) or commits[variant] for variant, summary in ran.items()}
+    mixed = len(set(code.values())) > 1 or any(summary.get("git_dirty") is not False for summary in ran.values())
     if mixed and not allow_mixed_commits:
         raise UserError(
-            f"{runs}: the variants did not all run at one clean commit ("
+            f"{runs}: the variants did not all run the same code at clean commits ("
             + ", ".join(f"{variant} at {sha}" for variant, sha in commits.items())
             + f"): rerun them at a clean commit (delete {runs}, then python -m lm experiment run {name}), or pass "
             "--allow_mixed_commits true to write the table with every row marked"
@@ -532,7 +533,9 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
         lines += scaling_section(spec, runs, ran, out)
     lines += suite_table(spec, runs)
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
-    at = f"commit {next(iter(commits.values()))}" if not mixed and commits else "the commits above"
+    shas = sorted(set(commits.values()))
+    at = f"commit {shas[0]}" if len(shas) == 1 else f"commits {', '.join(shas)} (the same lm/ code)"
+    at = at if not mixed else "the commits above"
     lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]
     plotted = [run_name for run_name in names if (runs / run_name / "metrics.jsonl").is_file()]
     if plotted:

@@ -88,6 +88,23 @@ def test_a_report_of_several_commits_is_refused_unless_marked(smoke, workdir, ca
         main(["experiment", "report", "smoke"])
 
 
+def test_commits_with_the_same_lm_code_share_a_table(smoke, workdir, monkeypatch):
+    """A variant added to an experiment in a later commit that leaves lm/ as it was joins the table unmarked."""
+    trees = {"a" * 40: "tree-1", "b" * 40: "tree-1", "c" * 40: "tree-2"}
+    monkeypatch.setattr(experiment, "code_version", lambda sha: trees.get(sha))
+    set_commit(smoke / "modern", "b" * 40)
+    try:
+        main(["experiment", "report", "smoke"])
+        report = (workdir / "experiments" / "smoke" / "results.md").read_text()
+        assert "⚠" not in report and "Ran at commits aaaaaaaa, bbbbbbbb (the same lm/ code)" in report
+        set_commit(smoke / "modern", "c" * 40)
+        with pytest.raises(SystemExit, match="classic at aaaaaaaa, modern at cccccccc"):
+            main(["experiment", "report", "smoke"])
+    finally:
+        set_commit(smoke / "modern", "a" * 40)
+        main(["experiment", "report", "smoke"])
+
+
 def test_verify_reruns_the_variants_exactly_and_flags_a_difference(smoke, workdir, capsys):
     # The committed modern number is made not to come back: both numbers, the difference, and a non-zero exit.
     results_file = workdir / "experiments" / "smoke" / "results.json"
