@@ -55,7 +55,7 @@ from lm import scaling
 from lm.errors import UserError
 from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
 from lm.plot import plot, read_metrics
-from lm.provenance import code_version, git_state
+from lm.provenance import CHECKOUT, git_file, git_object, git_state
 from lm.statistics import mean_and_spread, paired_p_value, tokens_to_target, welch_p_value
 
 EXPERIMENTS = Path("experiments")
@@ -168,6 +168,32 @@ def fit_args(spec: dict, variant: str, run_dir: Path, base: str | None, seed: in
     elif run_dir.exists():
         args += ["--overwrite", "true"]  # stopped before its first checkpoint: nothing to continue
     return args
+
+
+def run_inputs(name: str, spec: dict, variant: str, commit: str | None, repo: Path = CHECKOUT) -> dict | None:
+    """What a run read from the repository at its commit, by git's hashes: lm/ and each config file of its variant;
+    None where git cannot tell (no checkout, an unknown commit) or where experiment.yaml gave the variant other
+    arguments then. Runs whose inputs agree ran the same code and configs whatever else their commits changed (a
+    variant added to the sweep, a README), so an experiment grows without rerunning what finished."""
+    path = EXPERIMENTS / name / "experiment.yaml"
+    then = yaml.safe_load(git_file(commit, path.as_posix(), repo) or "null")
+    if not isinstance(then, dict):
+        return None
+    if then.get("grid") is not None:
+        then["variants"] = grid_variants(then.get("variants") or {"": []}, then["grid"], path)
+    items = [*spec.get("configs", []), *spec["variants"][variant]]
+    if [*then.get("configs", []), *(then.get("variants") or {}).get(variant, [])] != items:
+        return None
+    files = ["lm", *(item for item in items if not item.startswith("--"))]
+    return {file: git_object(commit, file, repo) for file in files}
+
+
+def same_inputs(inputs: list[dict | None]) -> bool:
+    """Whether every run's inputs are known and every file read by several runs had one content."""
+    seen = {}
+    return all(i is not None for i in inputs) and all(
+        seen.setdefault(file, digest) == digest for i in inputs for file, digest in i.items()
+    )
 
 
 def read_json(path: Path) -> dict | None:
@@ -505,11 +531,13 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     summaries = {run_name: read_json(runs / run_name / "run_summary.json") for run_name in names}
     ran = {run_name: summary for run_name, summary in summaries.items() if summary}
     commits = {variant: commit(summary) for variant, summary in ran.items()}
-    code = {variant: code_version(summary.get("git_commit")) or commits[variant] for variant, summary in ran.items()}
-    mixed = len(set(code.values())) > 1 or any(summary.get("git_dirty") is not False for summary in ran.values())
+    variant_of = {run_name: variant for run_name, variant, _ in runs_of(spec)}
+    inputs = [run_inputs(name, spec, variant_of[run], summary.get("git_commit")) for run, summary in ran.items()]
+    one_version = len(set(commits.values())) <= 1 or same_inputs(inputs)
+    mixed = not one_version or any(summary.get("git_dirty") is not False for summary in ran.values())
     if mixed and not allow_mixed_commits:
         raise UserError(
-            f"{runs}: the variants did not all run the same code at clean commits ("
+            f"{runs}: the variants did not all run the same code and configs at clean commits ("
             + ", ".join(f"{variant} at {sha}" for variant, sha in commits.items())
             + f"): rerun them at a clean commit (delete {runs}, then python -m lm experiment run {name}), or pass "
             "--allow_mixed_commits true to write the table with every row marked"
@@ -534,7 +562,7 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     lines += suite_table(spec, runs)
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
     shas = sorted(set(commits.values()))
-    at = f"commit {shas[0]}" if len(shas) == 1 else f"commits {', '.join(shas)} (the same lm/ code)"
+    at = f"commit {shas[0]}" if len(shas) == 1 else f"commits {', '.join(shas)} (the same lm/ and configs)"
     at = at if not mixed else "the commits above"
     lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]
     plotted = [run_name for run_name in names if (runs / run_name / "metrics.jsonl").is_file()]

@@ -1,8 +1,8 @@
 """What decides a run's numbers besides its config: the code (git commit) and the environment it ran in.
 
 Recorded in every run_summary.json; `python -m lm experiment report` refuses a table whose variants ran different
-code (commits whose lm/ differs: `code_version`), and `experiment verify` compares environments before it demands an
-exact match.
+code or configs (lm.experiment.run_inputs), and `experiment verify` compares environments before it demands an exact
+match.
 """
 
 import platform
@@ -36,20 +36,25 @@ def git_state(repo: Path = CHECKOUT) -> dict:
     return {"git_commit": sha.strip(), "git_dirty": bool(status.stdout.strip())}
 
 
-def code_version(commit: str | None, repo: Path = CHECKOUT) -> str | None:
-    """git's hash of the lm/ package at `commit`. Commits with the same one ran the same code whatever else changed
-    between them (an experiment's list of variants, its README, tests), so an experiment can grow by a variant
-    without rerunning the others. Configs need no hash: each run records the config it resolved. None without git,
-    a checkout or the commit."""
-    if not commit or not (repo / ".git").exists():
+def git_object(commit: str | None, path: str, repo: Path = CHECKOUT) -> str | None:
+    """git's hash of a file or folder of the checkout at `commit` (equal hashes: equal contents); None without git,
+    a checkout, the commit or the path."""
+    return _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}:{path}") if commit else None
+
+
+def git_file(commit: str | None, path: str, repo: Path = CHECKOUT) -> str | None:
+    """The text of a file of the checkout at `commit`; None where git cannot give it."""
+    return _git(repo, "show", f"{commit}:{path}") if commit else None
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    if not (repo / ".git").exists():
         return None
     try:
-        tree = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{commit}:lm"], capture_output=True, text=True
-        )
+        result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     except OSError:  # no git program
         return None
-    return tree.stdout.strip() or None
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
 def package_version(name: str) -> str | None:

@@ -3,13 +3,15 @@
 import functools
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lm import experiment
 from lm.cli import main
-from lm.experiment import base_checkpoint, fit_args, load_experiment
+from lm.experiment import base_checkpoint, fit_args, load_experiment, run_inputs, same_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,21 +90,55 @@ def test_a_report_of_several_commits_is_refused_unless_marked(smoke, workdir, ca
         main(["experiment", "report", "smoke"])
 
 
-def test_commits_with_the_same_lm_code_share_a_table(smoke, workdir, monkeypatch):
-    """A variant added to an experiment in a later commit that leaves lm/ as it was joins the table unmarked."""
-    trees = {"a" * 40: "tree-1", "b" * 40: "tree-1", "c" * 40: "tree-2"}
-    monkeypatch.setattr(experiment, "code_version", lambda sha: trees.get(sha))
+def test_commits_with_the_same_code_and_configs_share_a_table(smoke, workdir, monkeypatch):
+    """A variant added to an experiment in a later commit that leaves lm/ and the configs as they were joins the
+    table unmarked (what each run read: run_inputs, tested below)."""
+    inputs = {"a" * 40: {"lm": "tree-1"}, "b" * 40: {"lm": "tree-1"}, "c" * 40: {"lm": "tree-2"}}
+    monkeypatch.setattr(experiment, "run_inputs", lambda name, spec, variant, sha: inputs.get(sha))
     set_commit(smoke / "modern", "b" * 40)
     try:
         main(["experiment", "report", "smoke"])
         report = (workdir / "experiments" / "smoke" / "results.md").read_text()
-        assert "⚠" not in report and "Ran at commits aaaaaaaa, bbbbbbbb (the same lm/ code)" in report
+        assert "⚠" not in report and "Ran at commits aaaaaaaa, bbbbbbbb (the same lm/ and configs)" in report
         set_commit(smoke / "modern", "c" * 40)
         with pytest.raises(SystemExit, match="classic at aaaaaaaa, modern at cccccccc"):
             main(["experiment", "report", "smoke"])
     finally:
         set_commit(smoke / "modern", "a" * 40)
         main(["experiment", "report", "smoke"])
+
+
+def test_run_inputs_follow_the_code_the_config_files_and_the_variants_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # experiments/ is read from the working directory
+    git = lambda *args: subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    spec_file = tmp_path / "experiments" / "e" / "experiment.yaml"
+    spec_file.parent.mkdir(parents=True)
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "model.py").write_text("n_layer = 4\n")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text("seed_everything: 0\n")
+
+    def commit(variants: dict) -> tuple[str, dict]:
+        spec = {"configs": ["configs/base.yaml"], "variants": variants}
+        spec_file.write_text(yaml.safe_dump(spec))
+        git("add", ".")
+        git("commit", "-qm", "x")
+        return git("rev-parse", "HEAD"), spec
+
+    git("init", "-q")
+    first, _ = commit({"a": ["--x=1"]})
+    second, spec = commit({"a": ["--x=1"], "b": ["--x=2"]})  # a variant added
+    (tmp_path / "configs" / "base.yaml").write_text("seed_everything: 1\n")
+    third, _ = commit({"a": ["--x=1"], "b": ["--x=2"]})  # a shared config changed
+    inputs = lambda variant, sha, spec=spec: run_inputs("e", spec, variant, sha, tmp_path)
+    assert inputs("a", first) == inputs("a", second) == inputs("b", second)
+    assert set(inputs("a", first)) == {"lm", "configs/base.yaml"}
+    assert same_inputs([inputs("a", first), inputs("b", second)])
+    assert not same_inputs([inputs("a", first), inputs("b", third)])
+    assert inputs("b", first) is None  # b was not in the experiment then
+    assert inputs("a", first, {"configs": ["configs/base.yaml"], "variants": {"a": ["--x=3"]}}) is None  # other args
 
 
 def test_verify_reruns_the_variants_exactly_and_flags_a_difference(smoke, workdir, capsys):

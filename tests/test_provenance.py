@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lm.provenance import code_version, environment, git_state
+from lm.provenance import environment, git_file, git_object, git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,24 +38,17 @@ def test_a_changed_file_is_dirty_but_a_rewritten_experiment_report_is_not(tmp_pa
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": True}
 
 
-def test_commits_that_change_only_what_is_outside_lm_have_the_same_code_version(tmp_path):
-    commit = lambda message: git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
+def test_git_objects_and_files_at_a_commit(tmp_path):
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm/model.py").write_text("n_layer = 4\n")
-    (tmp_path / "experiment.yaml").write_text("variants: {a: []}\n")
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", ".")
-    commit("first")
-    first = git(tmp_path, "rev-parse", "HEAD")
-    (tmp_path / "experiment.yaml").write_text("variants: {a: [], b: []}\n")  # a variant added
-    commit("a variant more")
-    second = git(tmp_path, "rev-parse", "HEAD")
-    (tmp_path / "lm/model.py").write_text("n_layer = 6\n")
-    commit("the code")
-    third = git(tmp_path, "rev-parse", "HEAD")
-    assert code_version(first, tmp_path) == code_version(second, tmp_path) == git(tmp_path, "rev-parse", f"{first}:lm")
-    assert code_version(third, tmp_path) != code_version(first, tmp_path)
-    assert code_version("0" * 40, tmp_path) is None and code_version(None, tmp_path) is None
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    assert git_object(head, "lm", tmp_path) == git(tmp_path, "rev-parse", "HEAD:lm")
+    assert git_file(head, "lm/model.py", tmp_path) == "n_layer = 4"
+    assert git_object(head, "configs/missing.yaml", tmp_path) is None and git_object("0" * 40, "lm", tmp_path) is None
+    assert git_file(None, "lm/model.py", tmp_path) is None and git_object(head, "lm", tmp_path / "lm") is None
 
 
 def test_environment_records_what_changes_a_cpu_result():
