@@ -40,6 +40,7 @@ Design choices:
   initialisation only (`--seed_everything`); the data order is the config's `data.seed`.
 """
 
+import functools
 import itertools
 import json
 import shlex
@@ -55,7 +56,7 @@ from lm import scaling
 from lm.errors import UserError
 from lm.eval.results import mean_accuracy, mean_accuracy_stderr, task_accuracies
 from lm.plot import plot, read_metrics
-from lm.provenance import CHECKOUT, git_file, git_object, git_state
+from lm.provenance import CHECKOUT, git_file, git_object, git_state, newest_commit
 from lm.statistics import mean_and_spread, paired_p_value, tokens_to_target, welch_p_value
 
 EXPERIMENTS = Path("experiments")
@@ -63,6 +64,8 @@ KEYS = {
     *("question", "prepare", "configs", "variants", "init_from", "hellaswag", "eval"),
     *("seeds", "baseline", "compare", "grid", "scaling"),
 }
+# experiment.yaml's keys that only add runs or shape the report: changing them leaves finished runs as they were.
+GROWTH_KEYS = {"variants", "grid", "seeds", "question", "baseline", "compare", "scaling"}
 # Best val loss may differ by this much (nats) between a rerun and the committed table in another environment
 # (threads, versions, device); see experiments/README.md for the differences measured.
 VERIFY_TOLERANCE = 0.005
@@ -170,30 +173,39 @@ def fit_args(spec: dict, variant: str, run_dir: Path, base: str | None, seed: in
     return args
 
 
-def run_inputs(name: str, spec: dict, variant: str, commit: str | None, repo: Path = CHECKOUT) -> dict | None:
-    """What a run read from the repository at its commit, by git's hashes: lm/ and each config file of its variant;
-    None where git cannot tell (no checkout, an unknown commit) or where experiment.yaml gave the variant other
-    arguments then. Runs whose inputs agree ran the same code and configs whatever else their commits changed (a
-    variant added to the sweep, a README), so an experiment grows without rerunning what finished."""
+def run_inputs(name: str, variant: str, commit: str | None, repo: Path = CHECKOUT) -> dict | None:
+    """What a run of `variant` reads from the repository at `commit`: the experiment's settings but those that only
+    add runs or shape the report (GROWTH_KEYS), the variant's arguments, and git's hashes of lm/ and of each config
+    file they name. None where git cannot tell all of it: no checkout, an unknown commit, a variant the experiment
+    did not have then, a config file git does not track."""
     path = EXPERIMENTS / name / "experiment.yaml"
-    then = yaml.safe_load(git_file(commit, path.as_posix(), repo) or "null")
-    if not isinstance(then, dict):
+    try:
+        spec = yaml.safe_load(git_file(commit, path.as_posix(), repo) or "null")
+        if spec.get("grid") is not None:
+            spec["variants"] = grid_variants(spec.get("variants") or {"": []}, spec["grid"], path)
+        arguments = list(spec["variants"][variant])
+        files = ["lm", *(item for item in [*(spec.get("configs") or []), *arguments] if not item.startswith("--"))]
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError, UserError):  # not an experiment lm can read there
         return None
-    if then.get("grid") is not None:
-        then["variants"] = grid_variants(then.get("variants") or {"": []}, then["grid"], path)
-    items = [*spec.get("configs", []), *spec["variants"][variant]]
-    if [*then.get("configs", []), *(then.get("variants") or {}).get(variant, [])] != items:
+    hashes = {file: git_object(commit, file, repo) for file in files}
+    if None in hashes.values():
         return None
-    files = ["lm", *(item for item in items if not item.startswith("--"))]
-    return {file: git_object(commit, file, repo) for file in files}
+    return {"settings": {k: v for k, v in spec.items() if k not in GROWTH_KEYS}, "arguments": arguments, **hashes}
 
 
-def same_inputs(inputs: list[dict | None]) -> bool:
-    """Whether every run's inputs are known and every file read by several runs had one content."""
-    seen = {}
-    return all(i is not None for i in inputs) and all(
-        seen.setdefault(file, digest) == digest for i in inputs for file, digest in i.items()
+def reproducing_commit(name: str, runs: dict[str, tuple[str, str | None]], repo: Path = CHECKOUT) -> str | None:
+    """The commit that reproduces every run of a table ({run: (variant, commit)}): the runs' one commit; where they
+    ran at several, the newest, if each run's inputs (run_inputs) were the same there as at its own commit: a sweep
+    grows by committing variants without rerunning what finished. None otherwise."""
+    commits = {commit for _, commit in runs.values()}
+    if len(commits) == 1:
+        return next(iter(commits))
+    newest = newest_commit(commits - {None}, repo)
+    inputs = functools.cache(lambda variant, commit: run_inputs(name, variant, commit, repo))
+    same = lambda variant, commit: (
+        inputs(variant, commit) is not None and inputs(variant, commit) == inputs(variant, newest)
     )
+    return newest if None not in commits and all(same(*run) for run in runs.values()) else None
 
 
 def read_json(path: Path) -> dict | None:
@@ -247,8 +259,8 @@ def run(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False) -
     Args:
         name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
         runs_root: Variants run in <runs_root>/<name>/<variant>/.
-        allow_mixed_commits: Train from a checkout with uncommitted changes, and report variants that ran at
-            different commits (each row of the table is then marked).
+        allow_mixed_commits: Train from a checkout with uncommitted changes, and report variants that ran different
+            code or configs (each row of the table is then marked).
     """
     spec = load_experiment(name)
     runs = Path(runs_root, name)
@@ -522,8 +534,8 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     Args:
         name: The experiment: a folder experiments/<name>/ holding experiment.yaml.
         runs_root: Variants ran in <runs_root>/<name>/<variant>/.
-        allow_mixed_commits: Write the table even if its variants ran at different commits or from a checkout with
-            uncommitted changes; every row is then marked.
+        allow_mixed_commits: Write the table even if no one commit reproduces its variants (reproducing_commit) or
+            they ran from a checkout with uncommitted changes; every row is then marked.
     """
     spec = load_experiment(name)
     runs, out = Path(runs_root, name), EXPERIMENTS / name
@@ -532,9 +544,9 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     ran = {run_name: summary for run_name, summary in summaries.items() if summary}
     commits = {variant: commit(summary) for variant, summary in ran.items()}
     variant_of = {run_name: variant for run_name, variant, _ in runs_of(spec)}
-    inputs = [run_inputs(name, spec, variant_of[run], summary.get("git_commit")) for run, summary in ran.items()]
-    one_version = len(set(commits.values())) <= 1 or same_inputs(inputs)
-    mixed = not one_version or any(summary.get("git_dirty") is not False for summary in ran.values())
+    reproduced_at = reproducing_commit(name, {run: (variant_of[run], s.get("git_commit")) for run, s in ran.items()})
+    dirty = any(summary.get("git_dirty") is not False for summary in ran.values())
+    mixed = dirty or (bool(ran) and reproduced_at is None)
     if mixed and not allow_mixed_commits:
         raise UserError(
             f"{runs}: the variants did not all run the same code and configs at clean commits ("
@@ -551,8 +563,9 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     lines = [f"# {name}", "", spec.get("question", "").strip(), ""]
     if mixed:
         lines += [
-            "**⚠ Not one clean commit**: these variants ran at different commits or from a checkout with "
-            "uncommitted changes (see the commit column), so their numbers need not come back when rerun.",
+            "**⚠ Not one clean commit**: no one commit reproduces these variants (they ran different code or configs) "
+            "or they ran from a checkout with uncommitted changes (see the commit column), so their numbers need not "
+            "come back when rerun.",
             "",
         ]
     lines += [markdown_table(header, rows), ""]
@@ -562,8 +575,14 @@ def report(name: str, runs_root: str = "runs", allow_mixed_commits: bool = False
     lines += suite_table(spec, runs)
     environments = {json.dumps(environment(summary)) for summary in ran.values()}
     shas = sorted(set(commits.values()))
-    at = f"commit {shas[0]}" if len(shas) == 1 else f"commits {', '.join(shas)} (the same lm/ and configs)"
-    at = at if not mixed else "the commits above"
+    if mixed or not shas:
+        at = "the commits above"
+    else:
+        at = (
+            f"commit {shas[0]}"
+            if len(shas) == 1
+            else f"commits {', '.join(shas)} (each run reproduces at {reproduced_at[:8]})"
+        )
     lines += [f"Ran at {at} with {describe(json.loads(env))}." for env in sorted(environments)]
     plotted = [run_name for run_name in names if (runs / run_name / "metrics.jsonl").is_file()]
     if plotted:

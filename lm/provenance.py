@@ -47,6 +47,11 @@ def git_file(commit: str | None, path: str, repo: Path = CHECKOUT) -> str | None
     return _git(repo, "show", f"{commit}:{path}") if commit else None
 
 
+def newest_commit(commits: set[str], repo: Path = CHECKOUT) -> str | None:
+    """The most recent of `commits` by commit date; None where git cannot tell."""
+    return _git(repo, "rev-list", "--no-walk", "--max-count=1", *sorted(commits)) if commits else None
+
+
 def _git(repo: Path, *args: str) -> str | None:
     if not (repo / ".git").exists():
         return None

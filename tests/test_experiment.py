@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from lm import experiment
 from lm.cli import main
-from lm.experiment import base_checkpoint, fit_args, load_experiment, run_inputs, same_inputs
+from lm.experiment import base_checkpoint, fit_args, load_experiment, reproducing_commit, run_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,15 +92,16 @@ def test_a_report_of_several_commits_is_refused_unless_marked(smoke, workdir, ca
 
 
 def test_commits_with_the_same_code_and_configs_share_a_table(smoke, workdir, monkeypatch):
-    """A variant added to an experiment in a later commit that leaves lm/ and the configs as they were joins the
-    table unmarked (what each run read: run_inputs, tested below)."""
+    """A variant added to an experiment in a later commit that leaves every finished run's inputs as they were joins
+    the table unmarked (what each run read: run_inputs, tested below)."""
     inputs = {"a" * 40: {"lm": "tree-1"}, "b" * 40: {"lm": "tree-1"}, "c" * 40: {"lm": "tree-2"}}
-    monkeypatch.setattr(experiment, "run_inputs", lambda name, spec, variant, sha: inputs.get(sha))
+    monkeypatch.setattr(experiment, "run_inputs", lambda name, variant, sha, repo: inputs.get(sha))
+    monkeypatch.setattr(experiment, "newest_commit", lambda commits, repo: max(commits))
     set_commit(smoke / "modern", "b" * 40)
     try:
         main(["experiment", "report", "smoke"])
         report = (workdir / "experiments" / "smoke" / "results.md").read_text()
-        assert "⚠" not in report and "Ran at commits aaaaaaaa, bbbbbbbb (the same lm/ and configs)" in report
+        assert "⚠" not in report and "Ran at commits aaaaaaaa, bbbbbbbb (each run reproduces at bbbbbbbb)" in report
         set_commit(smoke / "modern", "c" * 40)
         with pytest.raises(SystemExit, match="classic at aaaaaaaa, modern at cccccccc"):
             main(["experiment", "report", "smoke"])
@@ -108,11 +110,15 @@ def test_commits_with_the_same_code_and_configs_share_a_table(smoke, workdir, mo
         main(["experiment", "report", "smoke"])
 
 
-def test_run_inputs_follow_the_code_the_config_files_and_the_variants_arguments(tmp_path, monkeypatch):
+def test_a_run_reproduces_at_a_later_commit_only_if_its_code_configs_and_settings_are_the_same(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # experiments/ is read from the working directory
-    git = lambda *args: subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    clock = iter(range(1_800_000_000, 1_900_000_000, 60))  # commit dates a minute apart: "newest" is well defined
+
+    def git(*args: str) -> str:
+        date = {"GIT_COMMITTER_DATE": f"{next(clock)} +0000", "GIT_AUTHOR_DATE": "1800000000 +0000"}
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ | date).stdout.strip()
+
     spec_file = tmp_path / "experiments" / "e" / "experiment.yaml"
     spec_file.parent.mkdir(parents=True)
     (tmp_path / "lm").mkdir()
@@ -120,25 +126,29 @@ def test_run_inputs_follow_the_code_the_config_files_and_the_variants_arguments(
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "base.yaml").write_text("seed_everything: 0\n")
 
-    def commit(variants: dict) -> tuple[str, dict]:
-        spec = {"configs": ["configs/base.yaml"], "variants": variants}
-        spec_file.write_text(yaml.safe_dump(spec))
-        git("add", ".")
+    def commit(variants: dict, **settings) -> str:
+        spec_file.write_text(yaml.safe_dump({"configs": ["configs/base.yaml"], "variants": variants, **settings}))
+        git("add", "lm", "configs/base.yaml", "experiments")
         git("commit", "-qm", "x")
-        return git("rev-parse", "HEAD"), spec
+        return git("rev-parse", "HEAD")
 
     git("init", "-q")
-    first, _ = commit({"a": ["--x=1"]})
-    second, spec = commit({"a": ["--x=1"], "b": ["--x=2"]})  # a variant added
+    first = commit({"a": ["--x=1"]})
+    second = commit({"a": ["--x=1"], "b": ["--x=2"]}, question="grown")  # a variant added, the question reworded
     (tmp_path / "configs" / "base.yaml").write_text("seed_everything: 1\n")
-    third, _ = commit({"a": ["--x=1"], "b": ["--x=2"]})  # a shared config changed
-    inputs = lambda variant, sha, spec=spec: run_inputs("e", spec, variant, sha, tmp_path)
-    assert inputs("a", first) == inputs("a", second) == inputs("b", second)
-    assert set(inputs("a", first)) == {"lm", "configs/base.yaml"}
-    assert same_inputs([inputs("a", first), inputs("b", second)])
-    assert not same_inputs([inputs("a", first), inputs("b", third)])
-    assert inputs("b", first) is None  # b was not in the experiment then
-    assert inputs("a", first, {"configs": ["configs/base.yaml"], "variants": {"a": ["--x=3"]}}) is None  # other args
+    third = commit({"a": ["--x=1"], "b": ["--x=2"]})  # a shared config changed
+    fourth = commit({"a": ["--x=3"], "b": ["--x=2"]})  # a's flags changed
+    fifth = commit({"a": ["--x=3"], "b": ["--x=2"]}, prepare=[{"source": "python-docs"}])  # a setting changed
+    (tmp_path / "configs" / "scratch.yaml").write_text("seed_everything: 2\n")  # never added
+    sixth = commit({"a": ["--x=3"], "c": ["configs/scratch.yaml"]})
+    inputs = lambda variant, sha: run_inputs("e", variant, sha, tmp_path)
+    assert set(inputs("a", first)) == {"settings", "arguments", "lm", "configs/base.yaml"}
+    assert inputs("a", first) == inputs("a", second) != inputs("a", third) != inputs("a", fourth) != inputs("a", fifth)
+    assert inputs("b", first) is None and inputs("c", sixth) is None  # not there then; a file git does not track
+    reproduced = lambda *runs: reproducing_commit("e", {str(i): run for i, run in enumerate(runs)}, tmp_path)
+    assert reproduced(("a", first), ("b", second)) == second
+    assert reproduced(("a", first), ("b", third)) is None and reproduced(("a", third), ("a", fourth)) is None
+    assert reproduced(("a", fourth), ("a", fourth)) == fourth
 
 
 def test_verify_reruns_the_variants_exactly_and_flags_a_difference(smoke, workdir, capsys):
