@@ -380,7 +380,8 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
 def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
     """Report lines: a row per variant over its finished seeds (mean ± standard deviation of the best val loss), the
     tokens to reach the baseline's final val loss, and the difference from the variant's reference with Welch's
-    t-test and the paired t-test over common seeds (lm/statistics.py)."""
+    t-test and the paired t-test over common seeds (lm/statistics.py). The reference is the one `compare` names,
+    else the baseline, else the variant with the lowest mean: every row of several seeds gets a test."""
     finished = {}  # variant -> [(run name, seed, best val loss)]
     for run_name, variant, seed in runs_of(spec):
         summary = ran.get(run_name)
@@ -392,6 +393,8 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
     target = None
     if baseline in finished:
         target = mean_and_spread([final_val_loss(runs / run_name) for run_name, _, _ in finished[baseline]])[0]
+    # without a baseline, each row is tested against the lowest mean: "is this one worse than the best?"
+    best = min(finished, key=lambda v: mean_and_spread([loss for _, _, loss in finished[v]])[0])
     reached = {}  # variant -> tokens to target of each seed (None: never reached it)
     for variant, results in finished.items():
         if variant == baseline:  # the target is where the baseline ends: its budget
@@ -421,22 +424,24 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
                 row += [f"{mean_tokens:,.0f}", f"{mean_and_spread(reached[baseline])[0] / mean_tokens:.2f}×"]
             else:
                 row += [f"not reached ({len(tokens)} of {len(reached[variant])} seeds did)", "-"]
-        reference = compare.get(variant, baseline)
+        reference = compare.get(variant, baseline or best)
         if reference in finished and reference != variant:
             other = [loss for _, _, loss in finished[reference]]
             p_value = welch_p_value(losses, other)
             paired = paired_p_value(*({seed: loss for _, seed, loss in finished[v]} for v in (variant, reference)))
             difference = mean - mean_and_spread(other)[0]
-            tests = "no test: one seed"
             if p_value is not None:
                 tests = f"p = {p_value:.3f}; " + (f"{paired:.3f}" if paired is not None else "-")
+            else:
+                tests = "no test: " + ("one seed" if min(len(losses), len(other)) < 2 else "no spread")
             row += [f"{difference:+.4f} vs {reference} ({tests})"]
         else:
-            row += ["-"]
+            row += ["the reference" if reference == variant and not baseline else "-"]
         rows.append(row)
     lines = ["## Over seeds", "", markdown_table(header, rows), ""]
     notes = "sd: sample standard deviation over the variant's finished seeds. Δ: difference of mean best val loss from"
-    notes += " the reference (the baseline unless `compare` names another); p: two-sided Welch's t-test over seeds;"
+    notes += " the reference (the one `compare` names, else the baseline, else the variant with the lowest mean);"
+    notes += " p: two-sided Welch's t-test over seeds;"
     notes += " then the two-sided paired t-test over the seeds both ran (seed k: the same initial weights where the"
     notes += " shapes agree, the same data order always)."
     if target is not None:
@@ -518,6 +523,8 @@ def scaling_section(spec: dict, runs: Path, ran: dict[str, dict], out: Path) -> 
             f"β = {fit.beta:.3f} {interval('beta')} (95% bootstrap intervals)"
         ]
         lines += [f"  - ⚠ {warning}" for warning in scaling.parametric_warnings(fit, used)]
+    else:  # five constants: fewer points than that would fit anything
+        lines += [f"- Parametric fit: not possible ({len(used)} usable runs; L(N, D) has 5 constants)."]
     scaling.plot_ladder(used, iso, out / "scaling.png")
     return [*lines, "", "![IsoFLOP curves and the compute-optimal frontier](scaling.png)", ""]
 

@@ -57,6 +57,17 @@ def test_the_recipes_share_the_gpt2_reproductions_batch_and_budget(capsys):
     assert model["optim"]["name"] == "muon" and model["optim"]["muon"]["lr"] == 0.02
 
 
+def test_the_frontier_demo_recipe_composes_onto_the_demo_and_keeps_its_data_shape(capsys):
+    demo = print_config(capsys, CONFIGS / "demo.yaml")
+    resolved = print_config(capsys, CONFIGS / "demo.yaml", CONFIGS / "recipes" / "frontier-demo.yaml")
+    assert (resolved["data"]["seq_len"], resolved["data"]["batch_size"]) == (128, 16)
+    assert resolved["trainer"]["max_steps"] == demo["trainer"]["max_steps"]
+    config, demo_config = resolved["model"]["config"], demo["model"]["config"]
+    assert (config["n_layer"], config["n_embd"]) == (demo_config["n_layer"], demo_config["n_embd"])
+    assert config["attention_mask"] == "document" and resolved["data"]["packing"] == "bos_aligned"
+    assert resolved["model"]["optim"]["name"] == "muon" and config["value_embeddings"] == "alternating"
+
+
 def test_seed_run_e_moves_its_mixture_gradually_and_keeps_three_checkpoints(capsys):
     resolved = print_config(capsys, CONFIGS / "seed-runs" / "e-classic-124m-colab.yaml")
     assert resolved["model"]["batch_tokens"] == 6 * 1024 * 21 and resolved["trainer"]["precision"] == "16-mixed"

@@ -307,6 +307,25 @@ def test_a_report_over_seeds_gives_mean_spread_tokens_to_target_and_welch_test(t
     }
 
 
+def test_without_a_baseline_every_seeded_row_is_tested_against_the_lowest_mean(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "experiments" / "grid"
+    folder.mkdir(parents=True)
+    spec = {"question": "q?", "variants": {"lr1": [], "lr2": [], "lr4": []}, "seeds": [0, 1]}
+    (folder / "experiment.yaml").write_text(json.dumps(spec))
+    runs = tmp_path / "runs" / "grid"
+    for variant, losses in {"lr1": (5.0, 5.2), "lr2": (4.0, 4.1), "lr4": (4.5, 4.6)}.items():
+        for seed, loss in enumerate(losses):
+            fake_run(runs / variant / f"seed{seed}", [(100, loss + 1), (200, loss)])
+    experiment.report("grid")
+    report = (folder / "results.md").read_text()
+    p_value = experiment.welch_p_value([5.0, 5.2], [4.0, 4.1])
+    paired = experiment.paired_p_value({0: 5.0, 1: 5.2}, {0: 4.0, 1: 4.1})
+    assert f"| +1.0500 vs lr2 (p = {p_value:.3f}; {paired:.3f}) |" in report
+    assert "| lr2 | 2 |" in report and "| the reference |" in report
+    assert f"| +0.5000 vs lr2 (p = {experiment.welch_p_value([4.5, 4.6], [4.0, 4.1]):.3f}; " in report
+
+
 def test_bad_seeds_or_references_are_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "experiments" / "x"
@@ -377,6 +396,10 @@ def test_a_ladder_report_fits_the_law_its_runs_follow(tmp_path, monkeypatch):
     assert "for C = 1e+20 FLOPs: N* ≈" in report and "Parametric" in report
     assert (folder / "scaling.csv").read_text().count("\n") == 16 and ",true\n" in (folder / "scaling.csv").read_text()
     assert (folder / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    for name in sorted(load_experiment("ladder")["variants"])[4:]:  # too few runs left for five constants
+        shutil.rmtree(tmp_path / "runs" / "ladder" / name)
+    experiment.report("ladder")
+    assert "- Parametric fit: not possible (" in (folder / "results.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,8 @@ def test_default_callbacks_write_metrics_summary_and_samples(tmp_path):
     assert summary["finished"] and summary["step"] == 6 and summary["tokens_seen"] == 6 * tokens_per_step
     assert summary["best_val"] == {k: best[k] for k in ("step", "tokens", "val/loss", "val/ppl", "val/bpb")}
     assert summary["params"] == module.model.num_params() and summary["lineage"] is None
+    assert 0 < summary["non_embedding_params"] == module.model.num_params(non_embedding=True) < summary["params"]
+    assert summary["flops"] == summary["tokens_seen"] * module.model.flops_per_token(16) > 0  # spent, at seq_len 16
     assert summary["mean_tokens_per_sec"] == pytest.approx(sum(t["perf/tokens_per_sec"] for t in train) / 3)
     assert [s["step"] for s in summary["final_samples"]] == [6] and summary["final_samples"][0]["prompt"] == "The"
     assert not list(tmp_path.glob("*.tmp"))
