@@ -51,16 +51,36 @@ def test_parametric_bootstrap_intervals_bracket_the_law_under_noise():
         assert low <= high and low - 0.05 * true <= true <= high + 0.05 * true, (name, low, high)
 
 
+def log_data(points: list[Point]) -> tuple[np.ndarray, ...]:
+    return tuple(np.log([getattr(p, k) for p in points]) for k in ("params", "tokens", "loss"))
+
+
 def test_the_summed_huber_loss_is_what_lets_l_bfgs_converge():
-    """A mean would divide the objective by the number of points: with the same tolerance L-BFGS stops earlier.
-    The summed objective's optimum is reached from a poor start; this pins that the objective is a sum."""
+    """Averaged over points, the objective and its gradient are len(points) times smaller: L-BFGS-B's default
+    tolerances then stop it within a few steps, far from the law (the flaw of a mean in the Chinchilla refits). The
+    sum, from the same start, reaches the law."""
+    from scipy import optimize
+
     from lm.scaling import _objective
 
     points = ladder()
-    data = tuple(np.log([getattr(p, k) for p in points]) for k in ("params", "tokens", "loss"))
-    theta = np.array([np.log(A), np.log(B), np.log(E), ALPHA, BETA]) + 0.1
-    one = _objective(theta, *(x[:1] for x in data))[0]
-    assert _objective(theta, *data)[0] > 10 * one  # grows with the number of points: a sum, not a mean
+    data, start = log_data(points), np.array([0.0, 0.0, 0.0, 0.5, 0.5])
+    mean = lambda theta, *data: tuple(x / len(points) for x in _objective(theta, *data))
+    summed = optimize.minimize(_objective, start, args=data, jac=True, method="L-BFGS-B").x
+    averaged = optimize.minimize(mean, start, args=data, jac=True, method="L-BFGS-B").x
+    assert summed[3:] == pytest.approx([ALPHA, BETA], abs=0.01)
+    assert abs(averaged[3] - ALPHA) > 0.1 and abs(averaged[4] - BETA) > 0.1  # stopped early
+
+
+def test_one_start_can_stall_where_the_grid_of_starts_finds_the_law():
+    import itertools
+
+    from lm.scaling import INITIAL_GRID, _minimize
+
+    data = log_data(ladder())
+    stalled = _minimize(data, [(0.0, 0.0, -1.0, 1.2, 1.2)])  # one of the grid's corners, alone
+    found = _minimize(data, itertools.product(*INITIAL_GRID.values()))
+    assert abs(stalled[3] - ALPHA) > 0.5 and found[3:] == pytest.approx([ALPHA, BETA], abs=0.01)
 
 
 def test_warmup_only_points_are_left_out_and_narrow_ladders_warned():
@@ -80,8 +100,7 @@ def test_the_objective_gradient_equals_finite_differences():
 
     from lm.scaling import _objective
 
-    points = ladder(noise=0.01)
-    data = tuple(np.log([getattr(p, k) for p in points]) for k in ("params", "tokens", "loss"))
+    data = log_data(ladder(noise=0.01))
     theta = np.array([np.log(A), np.log(B), np.log(E), ALPHA, BETA]) + 0.05
     value = lambda t: _objective(t, *data)[0]
     assert (
