@@ -16,8 +16,10 @@ its sizes (not bracketed: N* is extrapolated from the parabola's curvature), and
 exponent above 2, where a term acts as a step the points cannot constrain, or an irreducible loss E near 0, where
 the points never flatten). A ladder too small for its models — every budget best at its smallest size, as on a
 CPU — gets all of them.
-N is the non-embedding parameter count (the embedding tables do no matmul and dominate a small model's count) and C
-the FLOPs the runs spent by the model's own count (GPT.flops_per_token × tokens), so D is tokens.
+N is the non-embedding parameter count (the embedding tables do no matmul and dominate a small model's count), D the
+tokens a run trained on, and C the FLOP budget it was given (`model.max_flops`: by the model's own count,
+GPT.flops_per_token × tokens, which the run spends rounded up to whole steps; run_summary.json records the exact
+figure). Grouping and fitting by the budget keeps each IsoFLOP group one C.
 """
 
 import itertools
