@@ -4,9 +4,9 @@ Design choices:
 - The Trainer owns precision, accumulation, clipping, devices and checkpointing; this module owns the
   model, the loss and the training step. It asks lm.optim for the optimizer `model.optim` names (parameter groups,
   AdamW, Muon and its variants) and for the LR schedule.
-- The budget may be given in tokens (or tokens per parameter, 20 = Chinchilla): steps follow from
-  micro-batch × seq_len × accumulation × world size (under `batch_schedule`, from its phases: lm.batch_schedule),
-  resolved in `setup` before any compute.
+- The budget may be given in steps, tokens, tokens per parameter (20 = Chinchilla) or FLOPs; lm.run_length turns it
+  into steps of micro-batch × seq_len × accumulation × world size tokens (under `batch_schedule`, of its phases),
+  in `setup`, before any compute.
 - Validation loss, perplexity and bits per byte are token-weighted sums reduced by torchmetrics, so they
   are exact under DDP (not a mean of per-rank means).
 - `init_from` starts from another checkpoint's weights (continued pretraining): architecture from the base,
@@ -25,14 +25,14 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from lm.batch_schedule import BatchSchedule
 from lm.checkpoint import base_config_and_weights, lineage_of, load_weights
 from lm.data.tokenizer import token_byte_lengths
 from lm.errors import UserError
 from lm.model import GPT, ModelConfig
 from lm.model.gpt import LOSS_CHUNK_TOKENS
-from lm.optim import OptimConfig, build_optimizer, lr_at, wsd_decay_steps
+from lm.optim import OptimConfig, build_optimizer, check_warmup, lr_at
 from lm.optim.config import migrate_hparams
+from lm.run_length import RunLength
 
 MUON_UNDER_FSDP = (
     "model.optim.name: muon cannot run under FSDP, where each rank holds a shard of every weight matrix and Muon "
@@ -139,8 +139,7 @@ class LanguageModel(L.LightningModule):
             load_weights(self.model, state, init_from)
         self.register_buffer("token_bytes", torch.from_numpy(token_byte_lengths()), persistent=False)
         self.val_metrics = torch.nn.ModuleDict()
-        self.tokens_per_step = 0  # resolved in setup(); with a batch_schedule, the first phase's
-        self.batch_phases: BatchSchedule | None = None  # resolved in setup() from batch_schedule
+        self.run_length: RunLength | None = None  # steps and tokens per step of a fit, resolved in setup()
         self.checkpoint_step: int | None = None  # global step of the checkpoint these weights were restored from
         self.compiled_forward = None  # the training forward under torch.compile (setup, with `compile`)
         self.window_loss: tuple[int, torch.Tensor | None, int] = (-1, None, 0)  # (step, loss sum, micro-batches)
@@ -170,17 +169,20 @@ class LanguageModel(L.LightningModule):
         if stage == "fit" and self.optim.name == "muon" and isinstance(self.trainer.strategy, FSDPStrategy):
             raise UserError(MUON_UNDER_FSDP)
         if stage == "fit":
-            self._resolve_accumulation(data)
-            micro_tokens = data.batch_size * data.seq_len * self.trainer.world_size
-            self.tokens_per_step = micro_tokens * self.trainer.accumulate_grad_batches
-            if self.hparams.batch_schedule:
-                self.batch_phases = BatchSchedule(self.tokens_per_step, self.hparams.batch_schedule, micro_tokens)
-                self._check_val_interval()
-            if isinstance(self.trainer.val_check_interval, int):
-                # In lm an integer val_check_interval counts optimizer steps (of the first batch, under a batch
-                # schedule), whatever the accumulation, so a config validates at the same steps on any number of GPUs.
-                self.trainer.val_check_interval *= self.trainer.accumulate_grad_batches
-            self._resolve_budget()
+            self.run_length = RunLength.resolve(
+                self.trainer, data, self.hparams.batch_tokens, self.hparams.batch_schedule
+            )
+            steps = self.run_length.set_max_steps(self.trainer, self.budget_tokens())
+            check_warmup(self.optim, self.lr_clock(steps))
+            tokens = self.tokens_seen(steps)
+            rank_zero_info(
+                f"training {steps:,} steps × {self.run_length.tokens_per_step:,} tokens/step (accumulation "
+                f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}"
+                f"{', first batch of the schedule' if self.run_length.scheduled else ''}) = "
+                f"{tokens:,.0f} tokens, {tokens * self.flops_per_token():.3g} FLOPs; "
+                f"model {self.model.num_params():,} parameters "
+                f"({self.model.num_params(non_embedding=True):,} outside the embeddings and output layer)"
+            )
         # A function, not a module: assigned to self it adds no second copy of the parameters to the state dict.
         # Static shapes: each row length of data.seq_len_warmup compiles once (a few graphs), where dynamo's default
         # would turn to one dynamic-shape graph, for the whole run, at the first new length.
@@ -196,84 +198,23 @@ class LanguageModel(L.LightningModule):
         if hasattr(data, "check_model_vocab"):  # TokenDataModule: names the manifest whose tokenizer does not fit
             data.check_model_vocab(self.config.vocab_size)
 
-    def _resolve_accumulation(self, data):
-        if self.hparams.batch_tokens is None:
-            return
-        per_micro_step = data.batch_size * data.seq_len * self.trainer.world_size
-        accumulate, remainder = divmod(self.hparams.batch_tokens, per_micro_step)
-        if remainder or not accumulate:
-            raise UserError(
-                f"model.batch_tokens ({self.hparams.batch_tokens}) is not a multiple of data.batch_size × data.seq_len "
-                f"× world size ({data.batch_size} × {data.seq_len} × {self.trainer.world_size} = {per_micro_step}); "
-                "change the micro-batch or the global batch"
-            )
-        if self.trainer.accumulate_grad_batches not in (1, accumulate):
-            raise UserError("set either trainer.accumulate_grad_batches or model.batch_tokens, not both")
-        self.trainer.accumulate_grad_batches = accumulate
-
-    def _check_val_interval(self):
-        interval, multiple = self.trainer.val_check_interval, self.batch_phases.validation_multiple()
-        if isinstance(interval, int) and interval % multiple:
-            raise UserError(
-                f"trainer.val_check_interval ({interval}) must be a multiple of {multiple} under model.batch_schedule: "
-                "it counts steps of the first batch, and validation must fall between two optimizer steps of every "
-                "later batch"
-            )
+    def budget_tokens(self) -> float | None:
+        """The training budget in tokens, from whichever of model.max_tokens, tokens_per_param and max_flops is set."""
+        if self.hparams.tokens_per_param is not None:
+            return self.hparams.tokens_per_param * self.model.num_params()
+        if self.hparams.max_flops is not None:
+            return self.hparams.max_flops / self.flops_per_token()
+        return self.hparams.max_tokens
 
     def tokens_seen(self, step: int) -> int:
-        """Tokens trained on in the first `step` optimizer steps (all ranks, all micro-batches)."""
-        return self.batch_phases.tokens_at(step) if self.batch_phases else step * self.tokens_per_step
+        """Tokens trained on in the first `step` optimizer steps (all ranks, all micro-batches); 0 outside fit."""
+        return self.run_length.tokens_seen(step) if self.run_length else 0
 
     def on_train_batch_start(self, batch, batch_idx):
         """Under a batch schedule, the accumulation of the optimizer step this micro-batch belongs to (constant
         within a step: global_step moves only when it ends)."""
-        if self.batch_phases:
-            self.trainer.accumulate_grad_batches = self.batch_phases.accumulation(self.global_step)
-
-    def _resolve_budget(self):
-        budget = self.hparams.max_tokens
-        if self.hparams.tokens_per_param is not None:
-            budget = self.hparams.tokens_per_param * self.model.num_params()
-        if self.hparams.max_flops is not None:
-            budget = self.hparams.max_flops / self.flops_per_token()
-        if budget is not None:
-            if self.trainer.max_steps != -1:
-                raise UserError(
-                    "set either trainer.max_steps or a token budget (model.max_tokens / "
-                    "model.tokens_per_param / model.max_flops), not both"
-                )
-            # the epoch loop's: the fit loop's max_steps is a read-only view of it (Lightning 2.6)
-            loop = self.trainer.fit_loop.epoch_loop
-            loop.max_steps = (
-                self.batch_phases.steps_for(budget) if self.batch_phases else math.ceil(budget / self.tokens_per_step)
-            )
-        elif self.trainer.max_steps == -1:
-            raise UserError(
-                "no training length: set trainer.max_steps or a budget (model.max_tokens / model.tokens_per_param / "
-                "model.max_flops)"
-            )
-        steps, optim = self.trainer.max_steps, self.optim
-        end = self.lr_clock(steps)
-        if optim.lr_schedule == "wsd" and optim.warmup_steps > end - wsd_decay_steps(optim, end):
-            raise UserError(
-                f"model.optim.warmup_steps ({optim.warmup_steps}) runs into the WSD decay, which starts at step "
-                f"{end - wsd_decay_steps(optim, end)} (the last model.optim.decay_fraction = "
-                f"{optim.decay_fraction} of {end} steps): lower warmup_steps or decay_fraction"
-            )
-        if self.batch_phases:
-            rank_zero_info(
-                "batch schedule (first step, tokens seen, batch tokens): "
-                + ", ".join(f"({p.step:,}, {p.tokens:,}, {p.batch_tokens:,})" for p in self.batch_phases.phases)
-            )
-        tokens = self.tokens_seen(steps)
-        rank_zero_info(
-            f"training {steps:,} steps × {self.tokens_per_step:,} tokens/step (accumulation "
-            f"{self.trainer.accumulate_grad_batches}, world size {self.trainer.world_size}"
-            f"{', first batch of the schedule' if self.batch_phases else ''}) = "
-            f"{tokens:,.0f} tokens, {tokens * self.flops_per_token():.3g} FLOPs; "
-            f"model {self.model.num_params():,} parameters "
-            f"({self.model.num_params(non_embedding=True):,} outside the embeddings and output layer)"
-        )
+        if self.run_length.scheduled:
+            self.trainer.accumulate_grad_batches = self.run_length.accumulation(self.global_step)
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token of this run: the model's count at the data's sequence length."""
@@ -373,32 +314,14 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict):
         checkpoint["tokens_seen"] = self.tokens_seen(self.global_step)
-        checkpoint["tokens_per_step"] = self.tokens_per_step
-        if self.batch_phases:
-            checkpoint["batch_schedule"] = self.batch_phases.as_list()
+        checkpoint.update(self.run_length.checkpoint_state())
         checkpoint["lineage"] = self.lineage
 
     def on_load_checkpoint(self, checkpoint: dict):
         self.lineage = checkpoint.get("lineage", self.lineage)
         self.checkpoint_step = checkpoint.get("global_step")
-        saved = checkpoint.get("tokens_per_step")
-        # Resuming fit (tokens_per_step is set) on another world size is fine as long as the global batch is kept.
-        if self.tokens_per_step and saved and saved != self.tokens_per_step:
-            raise UserError(
-                f"the checkpoint was trained with {saved:,} tokens per optimizer step, this run would make "
-                f"{self.tokens_per_step:,} (data.batch_size × data.seq_len × accumulation × world size "
-                f"{self.trainer.world_size}); schedule, budget and data position assume one global batch: set "
-                f"model.batch_tokens={saved} so accumulation adapts to this world size, or start a new run from "
-                "these weights with model.init_from"
-            )
-        phases = self.batch_phases.as_list() if self.batch_phases else None
-        if self.tokens_per_step and checkpoint.get("batch_schedule") != phases:
-            raise UserError(
-                f"the checkpoint's batch schedule (phases as [first step, tokens, batch tokens]: "
-                f"{checkpoint.get('batch_schedule')}) differs from this run's ({phases}): steps, tokens seen and the "
-                "data position would no longer agree; restore model.batch_schedule, or start a new run from these "
-                "weights with model.init_from"
-            )
+        if self.run_length:  # resuming a fit
+            self.run_length.check_resume(checkpoint, self.trainer.world_size)
 
     # ---- optimizer and schedule ----------------------------------------------------------------------
 
@@ -430,6 +353,5 @@ class LanguageModel(L.LightningModule):
         return lr_at(self.optim, self.lr_clock(step), self.lr_clock(end), last=self.lr_clock(end - 1))
 
     def lr_clock(self, step: int) -> int:
-        """The learning-rate schedule's count of the first `step` optimizer steps: `step` itself, or under a batch
-        schedule the steps of the first batch that see as many tokens, so warmup and decay follow tokens."""
-        return self.batch_phases.steps_of_first_batch(step) if self.batch_phases else step
+        """The learning-rate schedule's count of the first `step` optimizer steps (RunLength.lr_clock)."""
+        return self.run_length.lr_clock(step) if self.run_length else step

@@ -12,6 +12,7 @@ from lm.cli import main
 from lm.errors import UserError
 from lm.module import LanguageModel
 from lm.optim import OptimConfig
+from lm.run_length import RunLength
 from tests.conftest import tiny_config, write_config
 from tests.reliability.helpers import assert_same_run
 
@@ -68,26 +69,15 @@ def test_the_learning_rate_runs_in_tokens(monkeypatch):
     module = LanguageModel(
         tiny_config(), optim=OptimConfig(warmup_steps=3, lr=1e-3, min_lr=1e-4), batch_schedule=POINTS
     )
-    module.batch_phases = BatchSchedule(64, POINTS, 64)
+    module.run_length = RunLength(BatchSchedule(64, POINTS, 64), scheduled=True)
     monkeypatch.setattr(LanguageModel, "trainer", SimpleNamespace(max_steps=12), raising=False)
     constant = LanguageModel(tiny_config(), optim=OptimConfig(warmup_steps=3, lr=1e-3, min_lr=1e-4))
-    last = module.batch_phases.tokens_at(11) // 64  # 28 steps of 64 tokens before the last step
+    last = module.run_length.tokens_seen(11) // 64  # 28 steps of 64 tokens before the last step
     with monkeypatch.context() as m:
         m.setattr(LanguageModel, "trainer", SimpleNamespace(max_steps=last + 1), raising=False)
-        reference = [constant.lr_at(module.batch_phases.tokens_at(step) // 64) for step in range(12)]
+        reference = [constant.lr_at(module.run_length.tokens_seen(step) // 64) for step in range(12)]
     assert [module.lr_at(step) for step in range(12)] == reference
     assert module.lr_at(11) == pytest.approx(1e-4)  # the decay ends at the last step
-
-
-def test_resume_with_another_schedule_is_refused():
-    module = LanguageModel(tiny_config(), batch_schedule=POINTS)
-    module.tokens_per_step, module.batch_phases = 64, BatchSchedule(64, POINTS, 64)
-    saved = {"tokens_per_step": 64, "batch_schedule": module.batch_phases.as_list()}
-    module.on_load_checkpoint(saved)
-    with pytest.raises(UserError, match="batch schedule .* differs from this run's"):
-        module.on_load_checkpoint({**saved, "batch_schedule": [[0, 0, 64], [4, 256, 128]]})
-    with pytest.raises(UserError, match="batch schedule .* differs from this run's"):
-        module.on_load_checkpoint({"tokens_per_step": 64})  # a run without a schedule
 
 
 def schedule_run(tmp_path, corpus, name: str, **overrides):

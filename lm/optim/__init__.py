@@ -12,7 +12,7 @@ the learning-rate schedule.
 from lm.optim.build import build_optimizer, parameter_groups
 from lm.optim.config import AdamWConfig, MuonConfig, OptimConfig
 from lm.optim.muon_adamw import MuonAdamW
-from lm.optim.schedule import lr_at, wsd_decay_steps
+from lm.optim.schedule import check_warmup, lr_at
 
 __all__ = [
     "AdamWConfig",
@@ -20,7 +20,7 @@ __all__ = [
     "MuonConfig",
     "OptimConfig",
     "build_optimizer",
+    "check_warmup",
     "lr_at",
     "parameter_groups",
-    "wsd_decay_steps",
 ]

@@ -6,6 +6,7 @@ same curve scaled by muon.lr / optim.lr.
 
 import math
 
+from lm.errors import UserError
 from lm.optim.config import OptimConfig
 
 
@@ -29,3 +30,13 @@ def lr_at(optim: OptimConfig, step: int, max_steps: int, last: int | None = None
 def wsd_decay_steps(optim: OptimConfig, max_steps: int) -> int:
     """Steps of the WSD decay: the last decay_fraction of the run, at least one."""
     return max(int(optim.decay_fraction * max_steps), 1)
+
+
+def check_warmup(optim: OptimConfig, max_steps: int) -> None:
+    """Refuses a WSD warmup that would run into the decay (max_steps counted as lr_at counts them)."""
+    if optim.lr_schedule == "wsd" and optim.warmup_steps > max_steps - wsd_decay_steps(optim, max_steps):
+        raise UserError(
+            f"model.optim.warmup_steps ({optim.warmup_steps}) runs into the WSD decay, which starts at step "
+            f"{max_steps - wsd_decay_steps(optim, max_steps)} (the last model.optim.decay_fraction = "
+            f"{optim.decay_fraction} of {max_steps} steps): lower warmup_steps or decay_fraction"
+        )

@@ -2,13 +2,9 @@
 
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from lm.data.datamodule import TokenDataModule
-from lm.errors import UserError
-from lm.module import LanguageModel
-from tests.conftest import tiny_config
 
 
 def micro_batches(data_dir: str, rank: int, world_size: int, steps: int, consumed: int = 0) -> list[torch.Tensor]:
@@ -34,30 +30,3 @@ def test_resume_on_another_world_size_continues_the_stream(text_corpus):
     single = micro_batches(text_corpus, rank=0, world_size=1, steps=8)
     resumed = micro_batches(text_corpus, rank=0, world_size=1, steps=4, consumed=8)  # after 2 steps on 2 ranks × 2
     assert all(torch.equal(a, b) for a, b in zip(resumed, single[4:]))
-
-
-def attached(world_size: int, accumulate: int = 1) -> LanguageModel:
-    module = LanguageModel(tiny_config(), batch_tokens=256)
-    module._trainer = SimpleNamespace(world_size=world_size, accumulate_grad_batches=accumulate)
-    return module
-
-
-def test_accumulation_follows_the_world_size():
-    data = SimpleNamespace(batch_size=2, seq_len=32)
-    for world_size, accumulate in ((1, 4), (2, 2), (4, 1)):
-        module = attached(world_size)
-        module._resolve_accumulation(data)
-        assert module.trainer.accumulate_grad_batches == accumulate
-
-
-def test_global_batch_not_divisible_by_the_world_size_is_refused():
-    with pytest.raises(UserError, match=r"batch_tokens \(256\) is not a multiple .* world size \(2 × 32 × 3 = 192\)"):
-        attached(world_size=3)._resolve_accumulation(SimpleNamespace(batch_size=2, seq_len=32))
-
-
-def test_resume_with_another_global_batch_is_refused():
-    module = attached(world_size=2)
-    module.tokens_per_step = 128
-    with pytest.raises(UserError, match=r"256 tokens per optimizer step.*model.batch_tokens=256"):
-        module.on_load_checkpoint({"tokens_per_step": 256})
-    module.on_load_checkpoint({"tokens_per_step": 128})  # same global batch: fine on any world size
