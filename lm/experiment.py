@@ -393,8 +393,10 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
     target = None
     if baseline in finished:
         target = mean_and_spread([final_val_loss(runs / run_name) for run_name, _, _ in finished[baseline]])[0]
-    # without a baseline, each row is tested against the lowest mean: "is this one worse than the best?"
-    best = min(finished, key=lambda v: mean_and_spread([loss for _, _, loss in finished[v]])[0])
+    # without a baseline, each row is tested against the lowest mean: "is this one worse than the best?"; not in a
+    # ladder, whose rows are other budgets (its comparison is the scaling fit)
+    lowest_mean = lambda variant: mean_and_spread([loss for *_, loss in finished[variant]])[0]
+    best = None if spec.get("scaling") else min(finished, key=lowest_mean)
     reached = {}  # variant -> tokens to target of each seed (None: never reached it)
     for variant, results in finished.items():
         if variant == baseline:  # the target is where the baseline ends: its budget
@@ -440,7 +442,8 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
         rows.append(row)
     lines = ["## Over seeds", "", markdown_table(header, rows), ""]
     notes = "sd: sample standard deviation over the variant's finished seeds. Δ: difference of mean best val loss from"
-    notes += " the reference (the one `compare` names, else the baseline, else the variant with the lowest mean);"
+    notes += " the reference (the one `compare` names, else the baseline, else, but in a ladder, the variant with the"
+    notes += " lowest mean);"
     notes += " p: two-sided Welch's t-test over seeds;"
     notes += " then the two-sided paired t-test over the seeds both ran (seed k: the same initial weights where the"
     notes += " shapes agree, the same data order always)."
@@ -502,16 +505,22 @@ def scaling_section(spec: dict, runs: Path, ran: dict[str, dict], out: Path) -> 
         iso = None
         lines += [f"- IsoFLOP fit: not possible ({err})."]
     if iso:
-        (a, a_se), (b, b_se) = iso.params_exponent, iso.tokens_exponent
         lines += [
-            f"- **IsoFLOP** (parabola per budget): N* = {iso.params_coefficient:.3g} · C^({a:.3f} ± {a_se:.3f}), "
-            f"D* = {iso.tokens_coefficient:.3g} · C^({b:.3f} ± {b_se:.3f}) (± standard error of the slope)",
+            f"- **IsoFLOP** (parabola per budget): N* = {iso.params.coefficient:.3g} · C^({iso.params.exponent:.3f} ± "
+            f"{iso.params.exponent_se:.3f}), D* = {iso.tokens.coefficient:.3g} · C^({iso.tokens.exponent:.3f} ± "
+            f"{iso.tokens.exponent_se:.3f}) (± standard error of the slope)",
         ]
         lines += [f"  - ⚠ {warning}" for warning in scaling.isoflop_warnings(iso)]
-        for flops in spec["scaling"].get("predict", []):
-            n, d = iso.optimal(float(flops))
+        for flops in map(float, spec["scaling"].get("predict", [])):
+            (n, d), n_range, d_range = iso.optimal(flops), iso.params.interval(flops), iso.tokens.interval(flops)
             lines += [
-                f"  - for C = {float(flops):.3g} FLOPs: N* ≈ {n:,.0f} non-embedding parameters, D* ≈ {d:,.0f} tokens"
+                f"  - for C = {flops:.3g} FLOPs: N* ≈ {n:,.0f} non-embedding parameters, D* ≈ {d:,.0f} tokens; "
+                + (
+                    f"95% confidence intervals of the power laws (Student's t, {iso.params.budgets - 2} degrees of "
+                    f"freedom): N* {n_range[0]:.3g}–{n_range[1]:.3g}, D* {d_range[0]:.3g}–{d_range[1]:.3g}"
+                    if n_range
+                    else "no interval (a line through 2 budgets' optima has no residual to estimate one from)"
+                )
                 + (" (from unbracketed optima: not a measurement)" if iso.unbracketed else "")
             ]
     if len(used) >= 5:

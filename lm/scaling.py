@@ -47,12 +47,42 @@ class Point:
 
 
 @dataclass
+class PowerLaw:
+    """y = k·C^a: a line in log-log space through the IsoFLOP optima (scipy.stats.linregress), with the confidence
+    interval of the line where it has residuals to estimate one from."""
+
+    exponent: float  # a
+    exponent_se: float  # its standard error
+    coefficient: float  # k
+    budgets: int  # the optima it is fitted through
+    log_budget_mean: float
+    log_budget_var: float  # population variance: Sxx / budgets
+
+    @classmethod
+    def fit(cls, budgets: list[float], values: list[float]) -> "PowerLaw":
+        log_c = np.log(budgets)
+        line = stats.linregress(log_c, np.log(values))
+        return cls(line.slope, line.stderr, math.exp(line.intercept), len(budgets), log_c.mean(), log_c.var())
+
+    def __call__(self, flops: float) -> float:
+        return self.coefficient * flops**self.exponent
+
+    def interval(self, flops: float, level: float = 0.95) -> tuple[float, float] | None:
+        """The line's `level` confidence interval at `flops`, Student's t with budgets − 2 degrees of freedom: the
+        uncertainty of slope and intercept together, se² = σ²·(1/n + (x − x̄)²/Sxx) with x = log C, written here as
+        se(slope)²·(Sxx/n + (x − x̄)²). None for a line through 2 optima: it has no residual to estimate σ from."""
+        if self.budgets < 3:
+            return None
+        se = self.exponent_se * math.sqrt(self.log_budget_var + (math.log(flops) - self.log_budget_mean) ** 2)
+        half = stats.t.ppf((1 + level) / 2, self.budgets - 2) * se
+        return self(flops) * math.exp(-half), self(flops) * math.exp(half)
+
+
+@dataclass
 class IsoFlopFit:
     optima: dict[float, tuple[float, float]]  # budget -> (N*, D*) at the parabolas' minima
-    params_exponent: tuple[float, float]  # a of N* = k·C^a, and its standard error
-    tokens_exponent: tuple[float, float]  # b of D* = k'·C^b, and its standard error
-    params_coefficient: float  # k
-    tokens_coefficient: float  # k'
+    params: PowerLaw  # N* = k·C^a
+    tokens: PowerLaw  # D* = k'·C^b
     parabolas: dict[float, tuple[np.ndarray, np.ndarray]]  # budget -> (coefficients in log N, in log D)
     unbracketed: dict[float, tuple[float, float]]  # budget -> (smallest, largest size run) where the lowest loss is at
     # one of them or N* outside them: the optimum is not between two sizes that were run
@@ -60,9 +90,7 @@ class IsoFlopFit:
 
     def optimal(self, flops: float) -> tuple[float, float]:
         """(N*, D*) the power laws give for a budget of `flops`."""
-        return self.params_coefficient * flops ** self.params_exponent[0], (
-            self.tokens_coefficient * flops ** self.tokens_exponent[0]
-        )
+        return self.params(flops), self.tokens(flops)
 
 
 @dataclass
@@ -117,15 +145,10 @@ def fit_isoflop(points: list[Point]) -> IsoFlopFit:
             unbracketed[budget] = sizes
     if len(optima) < 2:
         raise ValueError("an IsoFLOP fit needs at least 2 budgets with 3 or more sizes each")
-    log_c = np.log(list(optima))
-    by_n = stats.linregress(log_c, np.log([n for n, _ in optima.values()]))
-    by_d = stats.linregress(log_c, np.log([d for _, d in optima.values()]))
     return IsoFlopFit(
         optima=optima,
-        params_exponent=(by_n.slope, by_n.stderr),
-        tokens_exponent=(by_d.slope, by_d.stderr),
-        params_coefficient=math.exp(by_n.intercept),
-        tokens_coefficient=math.exp(by_d.intercept),
+        params=PowerLaw.fit(list(optima), [n for n, _ in optima.values()]),
+        tokens=PowerLaw.fit(list(optima), [d for _, d in optima.values()]),
         parabolas=parabolas,
         unbracketed=unbracketed,
         not_convex=not_convex,
@@ -258,9 +281,9 @@ def plot_ladder(points: list[Point], fit: IsoFlopFit | None, path) -> None:
         budgets = np.array(sorted(fit.optima))
         c = np.geomspace(budgets[0], budgets[-1], 50)
         frontier.plot(budgets, [fit.optima[b][0] for b in budgets], "o", label="N* (parabola minima)")
-        frontier.plot(c, [fit.optimal(x)[0] for x in c], "-", label=f"N* ∝ C^{fit.params_exponent[0]:.2f}")
+        frontier.plot(c, [fit.optimal(x)[0] for x in c], "-", label=f"N* ∝ C^{fit.params.exponent:.2f}")
         frontier.plot(budgets, [fit.optima[b][1] for b in budgets], "s", label="D* (parabola minima)")
-        frontier.plot(c, [fit.optimal(x)[1] for x in c], "--", label=f"D* ∝ C^{fit.tokens_exponent[0]:.2f}")
+        frontier.plot(c, [fit.optimal(x)[1] for x in c], "--", label=f"D* ∝ C^{fit.tokens.exponent:.2f}")
         frontier.legend()
     frontier.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", title="compute-optimal frontier")
     fig.tight_layout()

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -394,6 +395,11 @@ def test_a_ladder_report_fits_the_law_its_runs_follow(tmp_path, monkeypatch):
     assert exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.03)
     assert "α = 0.340" in report and "β = 0.280" in report  # the parametric fit recovers the law itself
     assert "for C = 1e+20 FLOPs: N* ≈" in report and "Parametric" in report
+    low, high = (float(x.replace(",", "")) for x in re.search(r"freedom\): N\* ([\d.e+]+)–([\d.e+]+)", report).groups())
+    assert "Student's t, 1 degrees of freedom" in report and low < optimal_size(1e20) < high  # 3 budgets
+    assert (
+        "| the reference |" not in report and " vs depth" not in report
+    )  # a ladder's rows are other budgets: no row is tested against the lowest
     assert (folder / "scaling.csv").read_text().count("\n") == 16 and ",true\n" in (folder / "scaling.csv").read_text()
     assert (folder / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     for name in sorted(load_experiment("ladder")["variants"])[4:]:  # too few runs left for five constants

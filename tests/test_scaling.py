@@ -1,9 +1,12 @@
 """The scaling-law fitters on synthetic ladders drawn from a known law: they must recover its constants."""
 
+import math
+
 import numpy as np
 import pytest
+from scipy import stats
 
-from lm.scaling import Point, fit_isoflop, fit_parametric, span_warnings, usable
+from lm.scaling import Point, PowerLaw, fit_isoflop, fit_parametric, span_warnings, usable
 
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28  # Hoffmann et al.'s fitted law
 
@@ -31,10 +34,31 @@ def ladder(budgets=(1e17, 1e18, 1e19, 1e20), sizes_per_budget=9, noise=0.0, seed
 def test_isoflop_recovers_the_compute_optimal_exponents():
     fit = fit_isoflop(ladder())
     # Under C = 6ND the law's optimum is N* ∝ C^(β/(α+β)), D* ∝ C^(α/(α+β)).
-    assert fit.params_exponent[0] == pytest.approx(BETA / (ALPHA + BETA), abs=0.02)
-    assert fit.tokens_exponent[0] == pytest.approx(ALPHA / (ALPHA + BETA), abs=0.02)
+    assert fit.params.exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.02)
+    assert fit.tokens.exponent == pytest.approx(ALPHA / (ALPHA + BETA), abs=0.02)
     n, d = fit.optimal(1e21)
     assert 6 * n * d == pytest.approx(1e21, rel=0.15)  # the two power laws spend the budget they are given
+
+
+def test_the_power_laws_interval_is_the_regression_lines_and_covers_the_truth():
+    """The interval N* = k·C^a is given at a new budget: numpy's covariance of the same line gives the same one, and
+    over many noisy ladders the 95% interval holds the true N* about 95% of the time."""
+    rng = np.random.default_rng(0)
+    budgets = np.array([1e15, 3e15, 1e16, 3e16])
+    truth = lambda c: 2e3 * c**0.5
+    noisy = lambda: truth(budgets) * np.exp(0.1 * rng.standard_normal(len(budgets)))
+    sizes = noisy()
+    law = PowerLaw.fit(list(budgets), list(sizes))
+    (slope, intercept), covariance = np.polyfit(np.log(budgets), np.log(sizes), 1, cov=True)
+    x = np.array([math.log(1e18), 1.0])
+    half = stats.t.ppf(0.975, len(budgets) - 2) * math.sqrt(x @ covariance @ x)
+    assert law.interval(1e18) == pytest.approx(np.exp(slope * x[0] + intercept + np.array([-half, half])), rel=1e-9)
+    covered = []
+    for _ in range(400):
+        low, high = PowerLaw.fit(list(budgets), list(noisy())).interval(1e18)
+        covered.append(low <= truth(1e18) <= high)
+    assert 0.92 <= np.mean(covered) <= 0.98
+    assert PowerLaw.fit([1e15, 1e16], [1e6, 3e6]).interval(1e18) is None  # a line through 2 points: no residual
 
 
 def test_parametric_fit_recovers_the_law():
