@@ -308,7 +308,8 @@ def environment(summary: dict) -> dict:
 def describe(env: dict) -> str:
     versions = ", ".join(f"{name} {number}" for name, number in (env["versions"] or {}).items())
     deterministic = "on" if env["deterministic"] else "off"
-    return f"{versions} on {env['device']}, {env['threads']} threads, deterministic algorithms {deterministic}"
+    threads = f"{env['threads']} thread{'' if env['threads'] == 1 else 's'}"
+    return f"{versions} on {env['device']}, {threads}, deterministic algorithms {deterministic}"
 
 
 def result_row(variant: str, summary: dict | None, run_dir: Path, with_hellaswag: bool, with_base: bool) -> list[str]:
