@@ -9,13 +9,16 @@ import yaml
 
 from lm.cli import main
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+ROOT = Path(__file__).parents[1]
+CONFIGS = ROOT / "configs"
 FULL = sorted(p for part in ("", "bench/", "recipes/", "seed-runs/") for p in CONFIGS.glob(f"{part}*.yaml"))
 PIECES = sorted(p for part in ("model", "data", "trainer") for p in CONFIGS.glob(f"{part}/*.yaml"))
 
 
-def print_config(capsys, *files: Path) -> dict:
-    args = ["fit"] + [arg for f in files for arg in ("--config", str(f))] + ["--print_config"]
+def print_config(capsys, *items: Path | str) -> dict:
+    """The config `lm fit` resolves from config files and `--key=value` flags, in order."""
+    args = ["fit"] + [arg for x in items for arg in ([x] if str(x).startswith("--") else ["--config", str(x)])]
+    args += ["--print_config"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code in (None, 0)
@@ -64,8 +67,18 @@ def test_the_frontier_demo_recipe_composes_onto_the_demo_and_keeps_its_data_shap
     assert resolved["trainer"]["max_steps"] == demo["trainer"]["max_steps"]
     config, demo_config = resolved["model"]["config"], demo["model"]["config"]
     assert (config["n_layer"], config["n_embd"]) == (demo_config["n_layer"], demo_config["n_embd"])
-    assert config["attention_mask"] == "document" and resolved["data"]["packing"] == "bos_aligned"
     assert resolved["model"]["optim"]["name"] == "muon" and config["value_embeddings"] == "alternating"
+
+
+def test_the_frontier_demo_recipe_is_the_stack_variant_the_experiment_chose(capsys):
+    """The recipe is experiments/frontier-demo's stack less what cost nothing to remove there (packing and document
+    masking): exactly its `no-packing` variant, so that row of the committed table measures the recipe."""
+    spec = yaml.safe_load((ROOT / "experiments" / "frontier-demo" / "experiment.yaml").read_text())
+    in_repo = lambda items: [item if item.startswith("--") else ROOT / item for item in items]
+    measured = print_config(capsys, *in_repo(spec["configs"] + spec["variants"]["no-packing"]))
+    recipe = print_config(capsys, *in_repo(spec["configs"]), CONFIGS / "recipes" / "frontier-demo.yaml")
+    assert recipe == measured
+    assert recipe["model"]["config"]["attention_mask"] == "causal" and recipe["data"]["packing"] == "stream"
 
 
 def test_seed_run_e_moves_its_mixture_gradually_and_keeps_three_checkpoints(capsys):
