@@ -18,18 +18,15 @@ Design choices:
   test, which assumes nothing of the kind, stays in the report.
 """
 
-import math
 from collections.abc import Sequence
 
+import numpy as np
 from scipy import stats
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None for a single value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """Mean and sample standard deviation (numpy's, ddof=1; None for a single value)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def tokens_to_target(curve: Sequence[tuple[int, float]], target: float) -> int | None:
