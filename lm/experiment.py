@@ -110,12 +110,18 @@ def grid_variants(variants: dict, grid: dict, path: Path) -> dict[str, list[str]
     {"muon": [...]} × {"model.config.depth": [2, 4]} -> {"muon-depth2": [..., "--model.config.depth=2"], ...}."""
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise UserError(f"{path}: grid maps config keys to lists of values (e.g. grid: {{model.config.depth: [2, 4]}})")
-    value = lambda v: f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+    flag = lambda v: str(v).lower() if isinstance(v, bool) else str(v)  # a float's shortest exact form
+    short = lambda v: f"{v:g}" if isinstance(v, float) else flag(v)  # in names: 6 significant digits
     crossed = {}
     for variant, args in variants.items():
         for values in itertools.product(*grid.values()):
-            name = "-".join([variant] * bool(variant) + [f"{k.split('.')[-1]}{value(v)}" for k, v in zip(grid, values)])
-            crossed[name] = [*args, *(f"--{key}={value(v)}" for key, v in zip(grid, values))]
+            name = "-".join([variant] * bool(variant) + [f"{k.split('.')[-1]}{short(v)}" for k, v in zip(grid, values)])
+            if name in crossed:
+                raise UserError(
+                    f"{path}: two of the grid's combinations are both named {name} (names keep 6 significant digits "
+                    "of a float): make the values differ within them"
+                )
+            crossed[name] = [*args, *(f"--{key}={flag(v)}" for key, v in zip(grid, values))]
     return crossed
 
 

@@ -355,7 +355,7 @@ def test_a_grid_crosses_each_variant_with_every_combination_of_values(tmp_path, 
         "depth4-max_flops1e+13",
         "depth4-max_flops3e+13",
     ]
-    assert spec["variants"]["depth4-max_flops1e+13"] == ["--model.config.depth=4", "--model.max_flops=1e+13"]
+    assert spec["variants"]["depth4-max_flops1e+13"] == ["--model.config.depth=4", "--model.max_flops=10000000000000.0"]
     assert len(experiment.runs_of(spec)) == 8  # × 2 seeds
     (folder / "experiment.yaml").write_text(json.dumps({"variants": {"adamw": ["a.yaml"], "muon": []}, "grid": grid}))
     spec = load_experiment("ladder")
@@ -363,6 +363,11 @@ def test_a_grid_crosses_each_variant_with_every_combination_of_values(tmp_path, 
     assert spec["variants"]["adamw-depth2-max_flops1e+13"][0] == "a.yaml"
     (folder / "experiment.yaml").write_text(json.dumps({"grid": {"model.optim.lr": 3}}))
     with pytest.raises(experiment.UserError, match="grid maps config keys to lists of values"):
+        load_experiment("ladder")
+    (folder / "experiment.yaml").write_text(json.dumps({"grid": {"model.max_tokens": [1234567.5]}}))
+    assert load_experiment("ladder")["variants"] == {"max_tokens1.23457e+06": ["--model.max_tokens=1234567.5"]}
+    (folder / "experiment.yaml").write_text(json.dumps({"grid": {"model.max_tokens": [1234567.0, 1234568.0]}}))
+    with pytest.raises(experiment.UserError, match="both named max_tokens1.23457e\\+06"):
         load_experiment("ladder")
 
 

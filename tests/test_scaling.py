@@ -67,6 +67,15 @@ def test_parametric_fit_recovers_the_law():
     assert exact.E == pytest.approx(E, rel=0.01)
 
 
+def test_bootstrap_intervals_come_from_refits_on_resampled_points():
+    """The default suite's check of the bootstrap (the slow test below checks that the intervals hold the law)."""
+    points = ladder(budgets=(1e17, 1e18, 1e19), sizes_per_budget=5, noise=0.002, seed=1)
+    fit = fit_parametric(points, bootstrap=4)
+    assert fit.alpha == fit_parametric(points, bootstrap=0).alpha  # the constants are the fit to all points
+    assert set(fit.intervals) == {"E", "A", "B", "alpha", "beta"}
+    assert all(low < high for low, high in fit.intervals.values())  # drawn with replacement: the refits differ
+
+
 @pytest.mark.slow
 def test_parametric_bootstrap_intervals_bracket_the_law_under_noise():
     noisy = fit_parametric(ladder(noise=0.002, seed=1), bootstrap=20)
