@@ -314,7 +314,8 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict):
         checkpoint["tokens_seen"] = self.tokens_seen(self.global_step)
-        checkpoint.update(self.run_length.checkpoint_state())
+        if self.run_length:  # a fit's (a checkpoint saved outside one, e.g. for export, has no batch to keep)
+            checkpoint.update(self.run_length.checkpoint_state())
         checkpoint["lineage"] = self.lineage
 
     def on_load_checkpoint(self, checkpoint: dict):
