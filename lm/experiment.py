@@ -17,7 +17,7 @@ lm commands a user would type.
       model.max_flops: [1.0e13, 3.0e13]
     scaling: {budget: model.max_flops, predict: [1.0e15]}  # optional: fit a scaling law to the grid (lm/scaling.py)
     baseline: classic         # optional: the reference of the report's comparison (see below)
-    compare: {modern: classic}  # optional: another reference for some variants (default: the baseline)
+    compare: {modern: classic}  # optional: another reference for some variants (default: the baseline; itself: none)
     hellaswag: data/hellaswag_val.jsonl           # optional: scored on each best.ckpt and on each init_from base
     eval:                                         # optional: `python -m lm eval` flags, run on the same checkpoints
       tasks: [hellaswag, arc_easy]                #   into runs/<name>/<variant>/eval/{best,base}.json
@@ -450,7 +450,7 @@ def seed_table(spec: dict, runs: Path, ran: dict[str, dict]) -> list[str]:
     lines = ["## Over seeds", "", markdown_table(header, rows), ""]
     notes = "sd: sample standard deviation over the variant's finished seeds. Δ: difference of mean best val loss from"
     notes += " the reference (the one `compare` names, else the baseline, else, but in a ladder, the variant with the"
-    notes += " lowest mean);"
+    notes += " lowest mean; one compared with itself is a reference, untested);"
     notes += " p: two-sided Welch's t-test over seeds;"
     notes += " then the two-sided paired t-test over the seeds both ran (seed k: the same initial weights where the"
     notes += " shapes agree, the same data order always)."

@@ -309,14 +309,16 @@ def test_a_report_over_seeds_gives_mean_spread_tokens_to_target_and_welch_test(t
     }
 
 
-def test_without_a_baseline_every_seeded_row_is_tested_against_the_lowest_mean(tmp_path, monkeypatch):
+def test_without_a_baseline_rows_face_the_lowest_mean_or_their_compare(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "experiments" / "grid"
     folder.mkdir(parents=True)
-    spec = {"question": "q?", "variants": {"lr1": [], "lr2": [], "lr4": []}, "seeds": [0, 1]}
+    # lr8 is compared with itself: a reference of its own (another optimizer's best, say), not tested
+    variants = {"lr1": [], "lr2": [], "lr4": [], "lr8": []}
+    spec = {"question": "q?", "variants": variants, "seeds": [0, 1], "compare": {"lr8": "lr8"}}
     (folder / "experiment.yaml").write_text(json.dumps(spec))
     runs = tmp_path / "runs" / "grid"
-    for variant, losses in {"lr1": (5.0, 5.2), "lr2": (4.0, 4.1), "lr4": (4.5, 4.6)}.items():
+    for variant, losses in {"lr1": (5.0, 5.2), "lr2": (4.0, 4.1), "lr4": (4.5, 4.6), "lr8": (6.0, 6.1)}.items():
         for seed, loss in enumerate(losses):
             fake_run(runs / variant / f"seed{seed}", [(100, loss + 1), (200, loss)])
     experiment.report("grid")
@@ -326,6 +328,7 @@ def test_without_a_baseline_every_seeded_row_is_tested_against_the_lowest_mean(t
     assert f"| +1.0500 vs lr2 (p = {p_value:.3f}; {paired:.3f}) |" in report
     assert "| lr2 | 2 |" in report and "| the reference |" in report
     assert f"| +0.5000 vs lr2 (p = {experiment.welch_p_value([4.5, 4.6], [4.0, 4.1]):.3f}; " in report
+    assert f"| lr8 | 2 | 6.0500 ± {0.1 / 2**0.5:.4f} | 6.0000, 6.1000 | the reference |" in report
 
 
 def test_bad_seeds_or_references_are_one_line(tmp_path, monkeypatch):
