@@ -60,6 +60,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def as_a_terminal_job() -> None:
+    """In the child, before exec: SIGINT as a terminal's foreground job has it. A test suite started with `&` from a
+    script ignores SIGINT, a child would inherit that, and lm keeps ignoring a SIGINT its parent ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], log: Path, script: str | None = None, **env: str) -> subprocess.Popen:
     """`python -m lm ARGS` (or `python SCRIPT ARGS`) in the background, output to `log`, in a process group of its
     own (a terminal's Ctrl-C signals a whole group: os.killpg)."""
@@ -72,6 +78,7 @@ def start(args: list[str], log: Path, script: str | None = None, **env: str) -> 
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_a_terminal_job,
         )
 
 
